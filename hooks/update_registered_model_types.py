@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 SNAPSHOT = Path(__file__).parent / "data" / "registered_model_types.txt"
 
 
