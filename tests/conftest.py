@@ -1,0 +1,78 @@
+"""Shared fixtures: render the template with Copier's API and check what comes out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import copier
+import pytest
+import yaml
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ANSWERS_DIR = Path(__file__).parent / "answers"
+TEMPLATE_FILES = ["copier.yml", "template", "hooks"]
+
+
+def load_answer_set(name: str) -> dict:
+    return yaml.safe_load((ANSWERS_DIR / f"{name}.yml").read_text()) or {}
+
+
+ANSWER_SETS = sorted(path.stem for path in ANSWERS_DIR.glob("*.yml"))
+
+
+@pytest.fixture(scope="session")
+def template_dir(tmp_path_factory) -> Path:
+    """The template as it is in the working tree, outside git, so Copier renders it without cloning."""
+    copy = tmp_path_factory.mktemp("template")
+    for name in TEMPLATE_FILES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, copy / name)
+    return copy
+
+
+Render = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def render(template_dir, tmp_path_factory) -> Render:
+    """render(answers, name=..., tasks=False) -> destination; hooks run only with tasks=True."""
+
+    def _render(answers: dict, name: str = "project", tasks: bool = False) -> Path:
+        destination = tmp_path_factory.mktemp(name) / "project"
+        copier.run_copy(
+            str(template_dir),
+            destination,
+            data=answers,
+            defaults=True,
+            unsafe=True,
+            skip_tasks=not tasks,
+            quiet=True,
+        )
+        return destination
+
+    return _render
+
+
+def run_generated_tests(project: Path, *pytest_args: str) -> subprocess.CompletedProcess:
+    """Run a generated project's own test suite with the interpreter running this one."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def ruff(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ruff", *args], capture_output=True, text=True)
