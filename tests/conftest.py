@@ -13,7 +13,6 @@ import copier
 import pytest
 import yaml
 
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ANSWERS_DIR = Path(__file__).parent / "answers"
 TEMPLATE_FILES = ["copier.yml", "template", "hooks"]

@@ -14,7 +14,6 @@ import yaml
 
 from conftest import ANSWER_SETS, REPO_ROOT, load_answer_set, ruff, run_generated_tests
 
-
 COPIER_YML = yaml.safe_load((REPO_ROOT / "copier.yml").read_text())
 
 
@@ -23,9 +22,13 @@ def choices(question: str) -> list:
 
 
 CODE_KNOBS = ["normalization", "position_embedding", "mlp"]
-KNOB_COMBINATIONS = [dict(zip(CODE_KNOBS, values)) for values in itertools.product(*map(choices, CODE_KNOBS))]
+KNOB_COMBINATIONS = [
+    dict(zip(CODE_KNOBS, values, strict=True)) for values in itertools.product(*map(choices, CODE_KNOBS))
+]
 HEAD_SUBSETS = [
-    list(subset) for size in range(len(choices("heads")) + 1) for subset in itertools.combinations(choices("heads"), size)
+    list(subset)
+    for size in range(len(choices("heads")) + 1)
+    for subset in itertools.combinations(choices("heads"), size)
 ]
 CACHE_DIRS = {".git", ".ruff_cache", ".pytest_cache", "__pycache__"}
 JINJA_LEFTOVER = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}")

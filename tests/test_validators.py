@@ -1,0 +1,107 @@
+"""Each validator rejects its bad answer through the CLI with one clear sentence, before anything is written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+
+BAD_ANSWERS = {
+    "model_name-lower-case": ({"model_name": "brandNewBert"}, "model_name must be CamelCase"),
+    "model_name-leading-digit": ({"model_name": "2Bert"}, "model_name must be CamelCase"),
+    "model_name-non-ascii": ({"model_name": "BrändNewBert"}, "model_name must be CamelCase"),
+    "model_name-too-long": ({"model_name": "B" + "a" * 32}, "model_name must be at most 32 characters"),
+    "model_type-registered": ({"model_type": "llama"}, 'model_type "llama" is already registered by Transformers'),
+    "model_type-camel-case": ({"model_type": "BrandNewBert"}, "model_type must be snake_case"),
+    "model_type-dash": ({"model_type": "brand-new-bert"}, "model_type must be snake_case"),
+    "model_type-too-long": ({"model_type": "a" * 33}, "model_type must be at most 32 characters"),
+    "package_name-dash": ({"package_name": "brand-new-bert"}, "package_name must be a lower-case Python identifier"),
+    "package_name-shadows-torch": ({"package_name": "torch"}, 'package_name "torch" would shadow a package'),
+    "package_name-too-long": ({"package_name": "p" * 33}, "package_name must be at most 32 characters"),
+    "hidden_size-not-divisible": (
+        {"hidden_size": 1000, "num_attention_heads": 24},
+        "hidden_size (1000) must be divisible by num_attention_heads (24)",
+    ),
+    "odd-rotary-head-size": (
+        {"hidden_size": 96, "num_attention_heads": 32, "num_key_value_heads": 8},
+        "must be even for rotary embeddings",
+    ),
+    "kv-heads-not-dividing": (
+        {"num_attention_heads": 32, "num_key_value_heads": 6},
+        "num_key_value_heads (6) must divide num_attention_heads (32)",
+    ),
+    "zero-layers": ({"num_hidden_layers": 0}, "num_hidden_layers must be at least 1"),
+    "zero-heads": ({"num_attention_heads": 0}, "num_attention_heads must be at least 1"),
+    "zero-kv-heads": ({"num_key_value_heads": 0}, "num_key_value_heads must be at least 1"),
+    "negative-vocab": ({"vocab_size": -5}, "vocab_size must be a positive integer"),
+    "zero-hidden-size": ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+    "zero-intermediate-size": ({"intermediate_size": 0}, "intermediate_size must be a positive integer"),
+    "zero-positions": ({"max_position_embeddings": 0}, "max_position_embeddings must be a positive integer"),
+    "copyright-year": ({"copyright_year": "20x6"}, "copyright_year must be a four-digit year"),
+    "unknown-family": ({"family": "diffusion"}, "family"),
+    "unknown-head": ({"heads": ["MaskedLM"]}, "heads"),
+}
+
+
+@pytest.mark.parametrize(("answers", "message"), BAD_ANSWERS.values(), ids=BAD_ANSWERS.keys())
+def test_bad_answer_is_rejected_before_anything_is_written(template_dir, tmp_path, answers, message):
+    destination = tmp_path / "destination"
+    data_args = []
+    for key, value in answers.items():
+        # Copier parses --data values as YAML
+        rendered_value = yaml.safe_dump(value, default_flow_style=True).strip() if isinstance(value, list) else value
+        data_args += ["--data", f"{key}={rendered_value}"]
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "copier",
+            "copy",
+            "--trust",
+            "--defaults",
+            *data_args,
+            str(template_dir),
+            str(destination),
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert not destination.exists() or not any(destination.iterdir())
+
+
+def test_every_validated_question_has_a_bad_answer_test():
+    questions = yaml.safe_load((REPO_ROOT / "copier.yml").read_text())
+    validated = {name for name, spec in questions.items() if isinstance(spec, dict) and "validator" in spec}
+    tested = {key for answers, _ in BAD_ANSWERS.values() for key in answers}
+    assert validated <= tested, f"no bad-answer test for {sorted(validated - tested)}"
+
+
+@pytest.mark.parametrize(
+    ("model_name", "model_type"),
+    [
+        ("BrandNewBert", "brand_new_bert"),
+        ("NanoGPT2", "nano_gpt2"),
+        ("MyGPTModel", "my_gpt_model"),
+        ("ABCNet", "abc_net"),
+    ],
+)
+def test_model_type_default_keeps_acronyms_together(render, model_name, model_type):
+    project = render({"model_name": model_name, "package_name": "derived"}, name=model_type)
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert answers["model_type"] == model_type
+
+
+def test_registered_model_types_snapshot_covers_the_installed_transformers():
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    snapshot = set((REPO_ROOT / "hooks" / "data" / "registered_model_types.txt").read_text().split())
+    missing = set(CONFIG_MAPPING_NAMES) - snapshot
+    assert not missing, f"run `nox -s refresh_model_types`: the snapshot misses {sorted(missing)[:10]}"
