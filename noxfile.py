@@ -1,0 +1,74 @@
+"""Sessions of the template's own checks: lint, render, tests (and refresh_model_types after a Transformers release)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+REQUIREMENTS = ROOT / "requirements-dev.txt"
+CONSTRAINTS = ROOT / "constraints.txt"
+# `render` and `tests` need the same packages (torch, transformers, copier): they share one environment.
+SHARED_ENV = ROOT / ".nox" / "template-env"
+LINT_TOOLS = ["ruff>=0.15", "black>=25", "isort>=6"]
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_venv = "yes"
+
+
+def shared_environment(session: nox.Session) -> tuple[Path, dict[str, str]]:
+    """Create or refresh the shared environment; returns its bin directory and the env vars that activate it."""
+    bin_dir = SHARED_ENV / ("Scripts" if sys.platform == "win32" else "bin")
+    python = bin_dir / ("python.exe" if sys.platform == "win32" else "python")
+    stamp = SHARED_ENV / "requirements.sha256"
+    wanted = hashlib.sha256(REQUIREMENTS.read_bytes() + CONSTRAINTS.read_bytes()).hexdigest()
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(SHARED_ENV), external=True)
+    if not stamp.exists() or stamp.read_text() != wanted:
+        session.run(str(python), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS), external=True)
+        stamp.write_text(wanted)
+    # On PATH first, so that the hooks' `python` (the smoke test's interpreter) is this environment's too
+    return bin_dir, {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(SHARED_ENV)}
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Run the template's test suite: render matrix, generated projects' own tests, hooks, validators, oracle."""
+    bin_dir, env = shared_environment(session)
+    session.run(str(bin_dir / "python"), "-m", "pytest", *(session.posargs or ["tests"]), env=env, external=True)
+
+
+@nox.session(venv_backend="none")
+def render(session: nox.Session) -> None:
+    """Render every answer set of tests/answers/ (with hooks) into build/renders/<name>."""
+    bin_dir, env = shared_environment(session)
+    output = ROOT / "build" / "renders"
+    shutil.rmtree(output, ignore_errors=True)
+    for answers in sorted((ROOT / "tests" / "answers").glob("*.yml")):
+        destination = output / answers.stem
+        session.log(f"rendering {answers.name} -> {destination}")
+        command = [str(bin_dir / "copier"), "copy", "--trust", "--defaults", "--quiet", f"--data-file={answers}"]
+        session.run(*command, str(ROOT), str(destination), env=env, external=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff, black and isort on the template's own Python (the generated code is checked by the tests)."""
+    session.install(*LINT_TOOLS)
+    targets = ["noxfile.py", "hooks", "tests"]
+    session.run("ruff", "check", *targets)
+    session.run("ruff", "format", "--check", *targets)
+    session.run("black", "--check", *targets)
+    session.run("isort", "--check-only", *targets)
+
+
+@nox.session(venv_backend="none", default=False)
+def refresh_model_types(session: nox.Session) -> None:
+    """Rewrite hooks/data/registered_model_types.txt from the Transformers in the shared environment."""
+    bin_dir, env = shared_environment(session)
+    session.run(str(bin_dir / "python"), "hooks/update_registered_model_types.py", env=env, external=True)
