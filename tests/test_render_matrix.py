@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import os
 import re
 import subprocess
 import sys
@@ -131,3 +132,18 @@ def test_answer_set_renders_clean_and_passes_its_own_tests(render, answer_set):
     else:
         assert_ruff_clean(project)
     assert_generated_tests_pass(project)
+
+
+def test_readme_usage_example_runs(render):
+    project = render({}, name="readme-example")
+    readme = (project / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme, re.DOTALL).group(1)
+    result = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(project / "src"), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "torch.Size([1, 3, 64])"
