@@ -54,12 +54,15 @@ def run(package_name: str, tiny_config: dict) -> None:
 
     with step(f"{config_class.__name__}(**tiny config)"):
         config = config_class(**tiny_config)
-    input_ids = torch.randint(
-        3, config.vocab_size, (BATCH_SIZE, SEQ_LENGTH), generator=torch.Generator().manual_seed(0)
-    )
-    attention_mask = torch.ones_like(input_ids)
-
     for model_class in model_classes:
+        # Multiple-choice heads read (batch, choices, sequence); every other model (batch, sequence)
+        shape = (
+            (BATCH_SIZE, 2, SEQ_LENGTH)
+            if model_class.__name__.endswith("ForMultipleChoice")
+            else (BATCH_SIZE, SEQ_LENGTH)
+        )
+        input_ids = torch.randint(3, config.vocab_size, shape, generator=torch.Generator().manual_seed(0))
+        attention_mask = torch.ones_like(input_ids)
         with step(f"build {model_class.__name__}"):
             torch.manual_seed(0)
             model = model_class(config).eval()

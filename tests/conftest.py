@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -71,6 +72,15 @@ def run_generated_tests(project: Path, *pytest_args: str) -> subprocess.Complete
         capture_output=True,
         text=True,
     )
+
+
+def import_rendered_package(project: Path, package_name: str):
+    """Import a rendered package in this process; oracle answer sets give each one a unique name."""
+    sys.path.insert(0, str(project / "src"))
+    try:
+        return importlib.import_module(package_name)
+    finally:
+        sys.path.remove(str(project / "src"))
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import load_answer_set
+from conftest import import_rendered_package, load_answer_set
 
 ORACLE_CONFIG = {
     "vocab_size": 128,
@@ -33,11 +30,7 @@ def model_pair(render, tmp_path_factory):
     """A random LlamaForCausalLM and the rendered model loaded with its state dict, keys unchanged."""
     answers = load_answer_set("llama_equivalent")
     project = render(answers, name="llama-oracle")
-    sys.path.insert(0, str(project / "src"))
-    try:
-        package = importlib.import_module(answers["package_name"])
-    finally:
-        sys.path.remove(str(project / "src"))
+    package = import_rendered_package(project, answers["package_name"])
 
     torch.manual_seed(0)
     llama = LlamaForCausalLM(LlamaConfig(**ORACLE_CONFIG, attn_implementation="eager")).eval()
