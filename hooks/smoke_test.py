@@ -56,12 +56,11 @@ def run(package_name: str, tiny_config: dict) -> None:
         config = config_class(**tiny_config)
     for model_class in model_classes:
         # Multiple-choice heads read (batch, choices, sequence); every other model (batch, sequence)
-        shape = (
-            (BATCH_SIZE, 2, SEQ_LENGTH)
-            if model_class.__name__.endswith("ForMultipleChoice")
-            else (BATCH_SIZE, SEQ_LENGTH)
-        )
+        multiple_choice = model_class.__name__.endswith("ForMultipleChoice")
+        shape = (BATCH_SIZE, 2, SEQ_LENGTH) if multiple_choice else (BATCH_SIZE, SEQ_LENGTH)
         input_ids = torch.randint(3, config.vocab_size, shape, generator=torch.Generator().manual_seed(0))
+        if isinstance(config.eos_token_id, int):
+            input_ids[..., -1] = config.eos_token_id  # encoder-decoder classifiers read the EOS token
         attention_mask = torch.ones_like(input_ids)
         with step(f"build {model_class.__name__}"):
             torch.manual_seed(0)

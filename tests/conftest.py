@@ -25,6 +25,28 @@ def load_answer_set(name: str) -> dict:
 
 ANSWER_SETS = sorted(path.stem for path in ANSWERS_DIR.glob("*.yml"))
 
+# The code-changing knobs each family asks, with every value it allows (test_validators checks the others are
+# rejected), and the heads it offers.
+FAMILY_KNOBS = {
+    "decoder": {
+        "normalization": ["rms_norm", "layer_norm"],
+        "position_embedding": ["rope", "learned", "none"],
+        "mlp": ["gated_silu", "gelu"],
+    },
+    "encoder": {
+        "position_embedding": ["learned", "rope"],
+        "norm_placement": ["post", "pre"],
+        "token_type_embeddings": [True, False],
+        "pooler": [True, False],
+    },
+    "encoder-decoder": {},
+}
+FAMILY_HEADS = {
+    "decoder": ["CausalLM", "SequenceClassification", "TokenClassification", "QuestionAnswering"],
+    "encoder": ["MaskedLM", "SequenceClassification", "TokenClassification", "QuestionAnswering", "MultipleChoice"],
+    "encoder-decoder": ["ConditionalGeneration", "SequenceClassification"],
+}
+
 
 @pytest.fixture(scope="session")
 def template_dir(tmp_path_factory) -> Path:

@@ -10,7 +10,6 @@ from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassificat
 
 from conftest import import_rendered_package, load_answer_set
 
-
 ORACLE_CONFIG = {
     "vocab_size": 120,
     "hidden_size": 64,

@@ -11,32 +11,35 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ANSWER_SETS, REPO_ROOT, load_answer_set, ruff, run_generated_tests
+from conftest import (
+    ANSWER_SETS,
+    FAMILY_HEADS,
+    FAMILY_KNOBS,
+    load_answer_set,
+    ruff,
+    run_generated_tests,
+)
 
-COPIER_YML = yaml.safe_load((REPO_ROOT / "copier.yml").read_text())
-
-
-def choices(question: str) -> list:
-    return list(COPIER_YML[question]["choices"].values())
-
-
-CODE_KNOBS = ["normalization", "position_embedding", "mlp"]
 KNOB_COMBINATIONS = [
-    dict(zip(CODE_KNOBS, values, strict=True)) for values in itertools.product(*map(choices, CODE_KNOBS))
+    {"family": family, **dict(zip(knobs, values, strict=True))}
+    for family, knobs in FAMILY_KNOBS.items()
+    for values in itertools.product(*knobs.values())
 ]
-HEAD_SUBSETS = [
-    list(subset)
-    for size in range(len(choices("heads")) + 1)
-    for subset in itertools.combinations(choices("heads"), size)
-]
+
+
+def head_subsets(family: str) -> list[list[str]]:
+    heads = FAMILY_HEADS[family]
+    return [list(subset) for size in range(len(heads) + 1) for subset in itertools.combinations(heads, size)]
+
+
 CACHE_DIRS = {".git", ".ruff_cache", ".pytest_cache", "__pycache__"}
 JINJA_LEFTOVER = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}")
 
 
 def combination_id(answers: dict) -> str:
-    return "-".join(str(answers[knob]) for knob in CODE_KNOBS)
+    knobs = FAMILY_KNOBS[answers["family"]]
+    return "-".join([answers["family"]] + [f"{knob}={answers[knob]}" for knob in knobs])
 
 
 def assert_clean_text(project: Path) -> None:
@@ -62,16 +65,16 @@ def assert_ruff_clean(*paths: Path) -> None:
     assert formatting.returncode == 0, formatting.stdout + formatting.stderr
 
 
-def test_every_knob_and_head_combination_renders_clean_code(render):
-    """All normalization x position x MLP x heads combinations: parseable, ruff-clean, formatting-stable."""
+def test_every_family_knob_and_head_combination_renders_clean_code(render):
+    """Every family x knob x heads combination: parseable, ruff-clean, formatting-stable."""
     projects = []
     for knobs in KNOB_COMBINATIONS:
-        for heads in HEAD_SUBSETS:
+        for heads in head_subsets(knobs["family"]):
             answers = {**knobs, "heads": heads, "model_name": "Matrix", "package_name": "matrix"}
-            project = render(answers, name=f"{combination_id(knobs)}-{len(heads)}")
+            project = render(answers, name="matrix")
             assert_clean_text(project)
             projects.append(project)
-    assert len(projects) == len(KNOB_COMBINATIONS) * 2 ** len(choices("heads"))
+    assert len(projects) == sum(2 ** len(FAMILY_HEADS[knobs["family"]]) for knobs in KNOB_COMBINATIONS)
     assert_ruff_clean(*projects)
 
 
@@ -81,33 +84,38 @@ def assert_generated_tests_pass(project: Path) -> None:
     assert " passed" in result.stdout and " failed" not in result.stdout
 
 
+def with_value_knobs(index: int, knobs: dict) -> dict:
+    """Bias, tied embeddings and the grouped-query ratio vary along the matrix too, where the family asks them."""
+    if knobs["family"] == "decoder":
+        return {**knobs, "linear_bias": index % 2 == 1, "num_key_value_heads": [8, 32, 1][index % 3]}
+    if knobs["family"] == "encoder":
+        return {**knobs, "tie_word_embeddings": index % 2 == 0}
+    return knobs
+
+
 @pytest.mark.parametrize(
     "knobs",
-    [
-        # Bias, tied embeddings and grouped-query ratio vary along the matrix too
-        {
-            **knobs,
-            "linear_bias": index % 2 == 1,
-            "tie_word_embeddings": index % 3 == 0,
-            "num_key_value_heads": [8, 32, 1][index % 3],
-        }
-        for index, knobs in enumerate(KNOB_COMBINATIONS)
-    ],
+    [with_value_knobs(index, knobs) for index, knobs in enumerate(KNOB_COMBINATIONS)],
     ids=combination_id,
 )
-def test_generated_tests_pass_for_every_knob_combination(render, knobs):
-    answers = {**knobs, "heads": choices("heads"), "model_name": "KnobMatrix", "package_name": "knob_matrix"}
-    project = render(answers, name=combination_id(knobs))
+def test_generated_tests_pass_for_every_knob_combination_with_every_head(render, knobs):
+    answers = {
+        **knobs,
+        "heads": FAMILY_HEADS[knobs["family"]],
+        "model_name": "KnobMatrix",
+        "package_name": "knob_matrix",
+    }
+    project = render(answers, name="knob-matrix")
     assert_generated_tests_pass(project)
 
 
 LONGEST_NAMES = {"model_name": "A" + "b" * 31, "model_type": "a" * 32, "package_name": "p" * 32}
 
 
-@pytest.mark.parametrize("knobs", [KNOB_COMBINATIONS[0], KNOB_COMBINATIONS[-1]], ids=combination_id)
-def test_longest_names_come_out_formatted_after_the_hook(render, knobs):
+@pytest.mark.parametrize("family", list(FAMILY_KNOBS))
+def test_longest_names_come_out_formatted_after_the_hook(render, family):
     """Names up to the validators' limit may overflow lines; the formatter hook folds them."""
-    answers = {**knobs, **LONGEST_NAMES, "heads": choices("heads"), "smoke_test": False}
+    answers = {"family": family, **LONGEST_NAMES, "heads": FAMILY_HEADS[family], "smoke_test": False}
     project = render(answers, name="longest-names", tasks=True)
     assert_clean_text(project)
     assert_ruff_clean(project)
@@ -134,8 +142,9 @@ def test_answer_set_renders_clean_and_passes_its_own_tests(render, answer_set):
     assert_generated_tests_pass(project)
 
 
-def test_readme_usage_example_runs(render):
-    project = render({}, name="readme-example")
+@pytest.mark.parametrize("family", list(FAMILY_KNOBS))
+def test_readme_usage_example_runs(render, family):
+    project = render({"family": family}, name="readme-example")
     readme = (project / "README.md").read_text()
     example = re.search(r"```python\n(.*?)```", readme, re.DOTALL).group(1)
     result = subprocess.run(
@@ -146,4 +155,4 @@ def test_readme_usage_example_runs(render):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "torch.Size([1, 3, 64])"
+    assert result.stdout.strip() == "torch.Size([1, 3, 32])"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import copier
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import FAMILY_HEADS, FAMILY_KNOBS, REPO_ROOT
 
 BAD_ANSWERS = {
     "model_name-lower-case": ({"model_name": "brandNewBert"}, "model_name must be CamelCase"),
@@ -43,7 +44,20 @@ BAD_ANSWERS = {
     "zero-positions": ({"max_position_embeddings": 0}, "max_position_embeddings must be a positive integer"),
     "copyright-year": ({"copyright_year": "20x6"}, "copyright_year must be a four-digit year"),
     "unknown-family": ({"family": "diffusion"}, "family"),
-    "unknown-head": ({"heads": ["MaskedLM"]}, "heads"),
+    "unknown-head": ({"heads": ["Pretraining"]}, "heads"),
+    "masked-lm-on-a-decoder": ({"heads": ["MaskedLM"]}, "MaskedLM is offered for the encoder family only"),
+    "causal-lm-on-an-encoder": (
+        {"family": "encoder", "heads": ["CausalLM"]},
+        "CausalLM is offered for the decoder family only",
+    ),
+    "token-classification-on-an-encoder-decoder": (
+        {"family": "encoder-decoder", "heads": ["TokenClassification"]},
+        "TokenClassification is not offered for the encoder-decoder family",
+    ),
+    "no-positions-on-an-encoder": (
+        {"family": "encoder", "position_embedding": "none"},
+        "Only decoders can do without position embeddings",
+    ),
 }
 
 
@@ -75,6 +89,34 @@ def test_bad_answer_is_rejected_before_anything_is_written(template_dir, tmp_pat
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
     assert not destination.exists() or not any(destination.iterdir())
+
+
+def answers_are_accepted(template_dir, tmp_path, answers: dict) -> bool:
+    try:
+        copier.run_copy(
+            str(template_dir), tmp_path / "pretend", data=answers, defaults=True, pretend=True, quiet=True, unsafe=True
+        )
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("family", list(FAMILY_KNOBS))
+def test_each_family_accepts_exactly_the_choices_of_the_matrix(template_dir, tmp_path, family):
+    """Every choice is either rendered and tested by the matrix, or rejected for the family by a validator."""
+    questions = yaml.safe_load((REPO_ROOT / "copier.yml").read_text())
+    asked = {**FAMILY_KNOBS[family], "heads": FAMILY_HEADS[family]}
+    for question, allowed in asked.items():
+        spec = questions[question]
+        values = (
+            [True, False]
+            if spec["type"] == "bool"
+            else [choice["value"] if isinstance(choice, dict) else choice for choice in spec["choices"].values()]
+        )
+        for value in values:
+            answer = [value] if question == "heads" else value
+            accepted = answers_are_accepted(template_dir, tmp_path, {"family": family, question: answer})
+            assert accepted == (value in allowed), f"{family}: {question}={value!r}"
 
 
 def test_every_validated_question_has_a_bad_answer_test():
