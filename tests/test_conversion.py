@@ -1,9 +1,10 @@
-"""The generated conversion script: Transformers' and original-layout checkpoints convert to matching logits."""
+"""The generated conversion script and parity harness, against Transformers' and original-layout checkpoints."""
 
 from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -22,57 +23,92 @@ from transformers import (
 
 from conftest import import_rendered_package, load_answer_set
 
-
-def converter(render, answer_set: str):
-    """The rendered package of an answer set and its conversion module."""
-    project = render(load_answer_set(answer_set), name=answer_set)
-    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
-    package = import_rendered_package(project, answers["package_name"])
-    return package, importlib.import_module(f"{answers['package_name']}.convert_{answers['model_type']}_checkpoint")
-
-
-def input_ids(vocab_size: int, shape: tuple[int, int] = (2, 9)) -> torch.LongTensor:
-    return torch.randint(3, vocab_size, shape, generator=torch.Generator().manual_seed(0))
-
-
-def run_cli(convert_module, *args) -> int:
-    return convert_module.main([str(arg) for arg in args])
-
-
-LLAMA = {
-    "vocab_size": 128,
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-    "tie_word_embeddings": False,
+# Tiny random twins of the originals each family's conversion rules are pre-filled for
+TWINS = {
+    "llama": lambda: LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+        )
+    ),
+    "gpt2": lambda: GPT2LMHeadModel(
+        GPT2Config(
+            n_embd=64, n_layer=3, n_head=4, n_inner=256, n_positions=64, vocab_size=100, bos_token_id=1, eos_token_id=2
+        )
+    ),
+    "bert": lambda: BertForMaskedLM(
+        BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
+    ),
+    "bart": lambda: BartForConditionalGeneration(
+        BartConfig(
+            vocab_size=120,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=3,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=96,
+            decoder_ffn_dim=96,
+            max_position_embeddings=64,
+        )
+    ),
+}
+# Answer set rendered for each twin, and the class the conversion saves
+RENDERED_FOR = {
+    "llama": ("llama_equivalent", "OracleLlamaForCausalLM"),
+    "gpt2": ("gpt2_like", "TinyGptForCausalLM"),
+    "bert": ("bert_equivalent", "OracleBertForMaskedLM"),
+    "bart": ("bart_equivalent", "OracleBartForConditionalGeneration"),
 }
 
 
-def test_a_transformers_llama_checkpoint_converts_to_the_same_logits(render, tmp_path):
-    package, convert = converter(render, "llama_equivalent")
+def build_twin(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(**LLAMA)).eval()
-    llama.save_pretrained(tmp_path / "llama")
+    return TWINS[name]().eval()
 
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "llama",
-        "--config",
-        tmp_path / "llama" / "config.json",
-        "--output",
-        tmp_path / "out",
-    )
 
-    assert status == 0
-    converted = package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
-    ids = input_ids(LLAMA["vocab_size"])
+def generated_modules(render, answer_set: str):
+    """The rendered package of an answer set, its conversion module and its parity harness module."""
+    project = render(load_answer_set(answer_set), name=answer_set)
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    package_name, model_type = answers["package_name"], answers["model_type"]
+    package = import_rendered_package(project, package_name)
+    convert = importlib.import_module(f"{package_name}.convert_{model_type}_checkpoint")
+    compare = importlib.import_module(f"{package_name}.compare_{model_type}_with_original")
+    return package, convert, compare
+
+
+def convert_cli(convert, checkpoint: Path, output: Path, *extra_args, config: Path | None = None) -> int:
+    config = config or (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
+    args = ["--checkpoint", checkpoint, "--config", config, "--output", output, *extra_args]
+    return convert.main([str(arg) for arg in args])
+
+
+def assert_same_logits(converted: torch.nn.Module, original: torch.nn.Module) -> None:
+    input_ids = torch.randint(3, original.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(converted(ids).logits, llama(ids).logits, rtol=0, atol=1e-5)
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
+        torch.testing.assert_close(converted(input_ids).logits, original(input_ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("twin", ["llama", "bert", "bart"])
+def test_a_transformers_checkpoint_converts_into_its_family_with_the_same_logits(render, tmp_path, twin):
+    answer_set, class_name = RENDERED_FOR[twin]
+    package, convert, _ = generated_modules(render, answer_set)
+    original = build_twin(twin)
+    original.save_pretrained(tmp_path / "original")
+
+    assert convert_cli(convert, tmp_path / "original", tmp_path / "out") == 0
+
+    converted = getattr(package, class_name).from_pretrained(tmp_path / "out").eval()
+    assert_same_logits(converted, original)
+    auto_map = json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"].endswith("Config")
 
 
 def to_meta_layout(llama: LlamaForCausalLM) -> dict[str, torch.Tensor]:
@@ -100,159 +136,50 @@ def to_meta_layout(llama: LlamaForCausalLM) -> dict[str, torch.Tensor]:
 
 
 def test_a_meta_layout_checkpoint_with_interleaved_rotary_weights_converts(render, tmp_path):
-    package, convert = converter(render, "llama_equivalent")
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(**LLAMA)).eval()
+    package, convert, _ = generated_modules(render, "llama_equivalent")
+    llama = build_twin("llama")
     torch.save(to_meta_layout(llama), tmp_path / "consolidated.00.pth")
     params = {"dim": 64, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2, "vocab_size": 128, "norm_eps": 1e-6}
     (tmp_path / "params.json").write_text(json.dumps(params))
 
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "consolidated.00.pth",
-        "--config",
-        tmp_path / "params.json",
-        "--set",
-        "intermediate_size=96",
-        "--set",
-        "tie_word_embeddings=false",
-        "--output",
-        tmp_path / "out",
+    settings = ["--set", "intermediate_size=96", "--set", "tie_word_embeddings=false"]
+    status = convert_cli(
+        convert, tmp_path / "consolidated.00.pth", tmp_path / "out", *settings, config=tmp_path / "params.json"
     )
 
     assert status == 0
-    converted = package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
-    ids = input_ids(LLAMA["vocab_size"])
-    with torch.no_grad():
-        torch.testing.assert_close(converted(ids).logits, llama(ids).logits, rtol=0, atol=1e-5)
+    assert_same_logits(package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out").eval(), llama)
 
 
-def test_a_gpt2_checkpoint_with_fused_qkv_and_conv1d_weights_converts(render, tmp_path):
-    package, convert = converter(render, "gpt2_like")
-    torch.manual_seed(0)
-    gpt2_config = GPT2Config(
-        n_embd=64, n_layer=2, n_head=4, n_inner=256, n_positions=64, vocab_size=100, bos_token_id=1, eos_token_id=2
-    )
-    gpt2 = GPT2LMHeadModel(gpt2_config).eval()
-    # A plain PyTorch state dict, as training code saves it: fused c_attn, Conv1D weights stored (in, out)
+def convert_gpt2_state_dict(render, tmp_path):
+    """A plain GPT-2 state dict, as training code saves it (fused c_attn, Conv1D weights stored (in, out)), converted."""
+    package, convert, compare = generated_modules(render, "gpt2_like")
+    gpt2 = build_twin("gpt2")
     torch.save(gpt2.state_dict(), tmp_path / "gpt2.bin")
-    gpt2_config.to_json_file(tmp_path / "config.json")
+    gpt2.config.to_json_file(tmp_path / "config.json")
 
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "gpt2.bin",
-        "--config",
-        tmp_path / "config.json",
-        "--set",
-        "num_key_value_heads=4",
-        "--output",
-        tmp_path / "out",
-    )
+    assert convert_cli(convert, tmp_path / "gpt2.bin", tmp_path / "out", "--set", "num_key_value_heads=4") == 0
 
-    assert status == 0
-    converted = package.TinyGptForCausalLM.from_pretrained(tmp_path / "out").eval()
-    ids = input_ids(gpt2_config.vocab_size)
-    with torch.no_grad():
-        torch.testing.assert_close(converted(ids).logits, gpt2(ids).logits, rtol=0, atol=1e-5)
-
-
-def test_a_transformers_bert_checkpoint_converts_to_the_same_logits(render, tmp_path):
-    package, convert = converter(render, "bert_equivalent")
-    torch.manual_seed(0)
-    bert_config = BertConfig(
-        vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
-    )
-    bert = BertForMaskedLM(bert_config).eval()
-    bert.save_pretrained(tmp_path / "bert")
-
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "bert",
-        "--config",
-        tmp_path / "bert" / "config.json",
-        "--output",
-        tmp_path / "out",
-    )
-
-    assert status == 0
-    converted = package.OracleBertForMaskedLM.from_pretrained(tmp_path / "out").eval()
-    ids = input_ids(bert_config.vocab_size)
-    with torch.no_grad():
-        torch.testing.assert_close(converted(ids).logits, bert(ids).logits, rtol=0, atol=1e-5)
-
-
-def test_a_transformers_bart_checkpoint_converts_to_the_same_logits(render, tmp_path):
-    package, convert = converter(render, "bart_equivalent")
-    torch.manual_seed(0)
-    bart_config = BartConfig(
-        vocab_size=120,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=96,
-        decoder_ffn_dim=96,
-        max_position_embeddings=64,
-    )
-    bart = BartForConditionalGeneration(bart_config).eval()
-    bart.save_pretrained(tmp_path / "bart")
-
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "bart",
-        "--config",
-        tmp_path / "bart" / "config.json",
-        "--output",
-        tmp_path / "out",
-    )
-
-    assert status == 0
-    converted = package.OracleBartForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
-    ids = input_ids(bart_config.vocab_size)
-    with torch.no_grad():
-        torch.testing.assert_close(converted(ids).logits, bart(ids).logits, rtol=0, atol=1e-5)
-
-
-def converted_gpt2(render, tmp_path):
-    """A GPT-2 (fused QKV, Conv1D weights) and its conversion into the GPT-2-like rendered decoder."""
-    package, convert = converter(render, "gpt2_like")
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_embd=64, n_layer=3, n_head=4, n_inner=256, n_positions=64, vocab_size=100, bos_token_id=1, eos_token_id=2
-    )
-    gpt2 = GPT2LMHeadModel(config).eval()
-    gpt2.save_pretrained(tmp_path / "gpt2")
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "gpt2",
-        "--config",
-        tmp_path / "gpt2" / "config.json",
-        "--set",
-        "num_key_value_heads=4",
-        "--output",
-        tmp_path / "converted",
-    )
-    assert status == 0
-    compare = importlib.import_module(f"{package.__name__}.compare_tiny_gpt_with_original")
-    converted = package.TinyGptForCausalLM.from_pretrained(tmp_path / "converted", attn_implementation="eager")
+    converted = package.TinyGptForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     return gpt2, converted, compare
 
 
+def test_a_gpt2_state_dict_with_fused_qkv_and_conv1d_weights_converts(render, tmp_path):
+    gpt2, converted, _ = convert_gpt2_state_dict(render, tmp_path)
+    assert_same_logits(converted, gpt2)
+
+
 def test_the_harness_passes_a_faithful_conversion_through_its_command_line(render, tmp_path, monkeypatch, capsys):
-    _, _, compare = converted_gpt2(render, tmp_path)
+    gpt2, _, compare = convert_gpt2_state_dict(render, tmp_path)
+    gpt2.save_pretrained(tmp_path / "gpt2")
     (tmp_path / "original_gpt2.py").write_text(
         "from transformers import GPT2LMHeadModel\n\n\n"
-        f"def load_model():\n    return GPT2LMHeadModel.from_pretrained({str(tmp_path / 'gpt2')!r}, attn_implementation='eager')\n"
+        "def load_model():\n"
+        f"    return GPT2LMHeadModel.from_pretrained({str(tmp_path / 'gpt2')!r}, attn_implementation='eager')\n"
     )
     monkeypatch.chdir(tmp_path)
 
-    status = compare.main(["--original", "original_gpt2:load_model", "--converted", str(tmp_path / "converted")])
+    status = compare.main(["--original", "original_gpt2:load_model", "--converted", str(tmp_path / "out")])
 
     output = capsys.readouterr().out
     assert status == 0, output
@@ -262,7 +189,7 @@ def test_the_harness_passes_a_faithful_conversion_through_its_command_line(rende
 
 
 def test_the_harness_names_the_layer_where_an_injected_bug_starts(render, tmp_path):
-    gpt2, converted, compare = converted_gpt2(render, tmp_path)
+    gpt2, converted, compare = convert_gpt2_state_dict(render, tmp_path)
     with torch.no_grad():
         converted.model.layers[1].mlp.down_proj.bias += 0.05  # the bug
     inputs = compare.make_inputs(converted.config.vocab_size, batch_size=2, seq_length=8, seed=0)
@@ -275,59 +202,14 @@ def test_the_harness_names_the_layer_where_an_injected_bug_starts(render, tmp_pa
     assert "first diverge at layers.1" in compare.report(results, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("answer_set", "original_class", "original_config"),
-    [
-        (
-            "bert_equivalent",
-            BertForMaskedLM,
-            BertConfig(
-                vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
-            ),
-        ),
-        (
-            "bart_equivalent",
-            BartForConditionalGeneration,
-            BartConfig(
-                vocab_size=120,
-                d_model=64,
-                encoder_layers=2,
-                decoder_layers=3,
-                encoder_attention_heads=4,
-                decoder_attention_heads=4,
-                encoder_ffn_dim=96,
-                decoder_ffn_dim=96,
-                max_position_embeddings=64,
-            ),
-        ),
-    ],
-    ids=["encoder-vs-bert", "encoder-decoder-vs-bart"],
-)
-def test_the_harness_passes_for_the_other_families_with_their_prefilled_capture_points(
-    render, tmp_path, answer_set, original_class, original_config
-):
-    package, convert = converter(render, answer_set)
-    torch.manual_seed(0)
-    original = original_class(original_config).eval()
+@pytest.mark.parametrize("twin", ["bert", "bart"])
+def test_the_harness_passes_with_the_prefilled_capture_points_of_the_other_families(render, tmp_path, twin):
+    answer_set, class_name = RENDERED_FOR[twin]
+    package, convert, compare = generated_modules(render, answer_set)
+    original = build_twin(twin)
     original.save_pretrained(tmp_path / "original")
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "original",
-        "--config",
-        tmp_path / "original" / "config.json",
-        "--output",
-        tmp_path / "converted",
-    )
-    assert status == 0
-    config_class = next(getattr(package, name) for name in package.__all__ if name.endswith("Config"))
-    compare = importlib.import_module(f"{package.__name__}.compare_{config_class.model_type}_with_original")
-    target_class = next(
-        getattr(package, name)
-        for name in package.__all__
-        if name.endswith(("ForMaskedLM", "ForConditionalGeneration"))
-    )
-    converted = target_class.from_pretrained(tmp_path / "converted", attn_implementation="eager")
+    assert convert_cli(convert, tmp_path / "original", tmp_path / "out") == 0
+    converted = getattr(package, class_name).from_pretrained(tmp_path / "out", attn_implementation="eager")
     original.set_attn_implementation("eager")
     inputs = compare.make_inputs(converted.config.vocab_size, batch_size=2, seq_length=8, seed=0)
 
@@ -337,73 +219,37 @@ def test_the_harness_passes_for_the_other_families_with_their_prefilled_capture_
     assert len(results) >= 4
 
 
-def llama_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(**LLAMA)).eval()
-    llama.save_pretrained(tmp_path / "llama")
+@pytest.fixture
+def llama_checkpoint(tmp_path) -> Path:
+    build_twin("llama").save_pretrained(tmp_path / "llama")
     return tmp_path / "llama"
 
 
-def test_a_shape_mismatch_names_both_keys_and_writes_nothing(render, tmp_path, capsys):
-    _, convert = converter(render, "llama_equivalent")
-    checkpoint = llama_checkpoint(tmp_path)
+def test_a_shape_mismatch_names_both_keys_and_writes_nothing(render, tmp_path, capsys, llama_checkpoint):
+    _, convert, _ = generated_modules(render, "llama_equivalent")
 
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        checkpoint,
-        "--config",
-        checkpoint / "config.json",
-        "--set",
-        "intermediate_size=80",
-        "--output",
-        tmp_path / "out",
-    )
+    status = convert_cli(convert, llama_checkpoint, tmp_path / "out", "--set", "intermediate_size=80")
 
     error = capsys.readouterr().err
     assert status == 1
-    assert (
+    expected = (
         "model.layers.0.mlp.up_proj.weight -> model.layers.0.mlp.up_proj.weight: checkpoint (96, 64), model (80, 64)"
-        in error
     )
+    assert expected in error
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_and_unused_keys_are_listed_and_nothing_is_written(render, tmp_path, capsys):
-    _, convert = converter(render, "llama_equivalent")
-    checkpoint = llama_checkpoint(tmp_path)
-    state_dict = safetensors.torch.load_file(checkpoint / "model.safetensors")
+def test_missing_and_unused_keys_are_listed_and_nothing_is_written(render, tmp_path, capsys, llama_checkpoint):
+    _, convert, _ = generated_modules(render, "llama_equivalent")
+    state_dict = safetensors.torch.load_file(llama_checkpoint / "model.safetensors")
     del state_dict["model.layers.1.post_attention_layernorm.weight"]
-    state_dict["model.extra_adapter.weight"] = torch.zeros(2)
     state_dict["vision_tower.weight"] = torch.zeros(2)
-    safetensors.torch.save_file(state_dict, tmp_path / "edited.safetensors")
+    edited = tmp_path / "edited.safetensors"
+    safetensors.torch.save_file(state_dict, edited)
+    config = llama_checkpoint / "config.json"
 
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "edited.safetensors",
-        "--config",
-        checkpoint / "config.json",
-        "--output",
-        tmp_path / "out",
-    )
+    status = convert_cli(convert, edited, tmp_path / "out", config=config)
 
-    captured = capsys.readouterr()
-    assert status == 1
-    assert "model.extra_adapter.weight" in captured.err  # a key the rules produce but the model lacks
-    assert not (tmp_path / "out").exists()
-
-    del state_dict["model.extra_adapter.weight"]
-    safetensors.torch.save_file(state_dict, tmp_path / "edited.safetensors")
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "edited.safetensors",
-        "--config",
-        checkpoint / "config.json",
-        "--output",
-        tmp_path / "out",
-    )
     captured = capsys.readouterr()
     assert status == 1
     assert "  vision_tower.weight" in captured.out
@@ -411,55 +257,46 @@ def test_missing_and_unused_keys_are_listed_and_nothing_is_written(render, tmp_p
     assert "--allow-missing" in captured.err
     assert not (tmp_path / "out").exists()
 
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "edited.safetensors",
-        "--config",
-        checkpoint / "config.json",
-        "--output",
-        tmp_path / "out",
-        "--allow-missing",
+    assert convert_cli(convert, edited, tmp_path / "out", "--allow-missing", config=config) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_keys_the_model_does_not_have_are_listed_and_nothing_is_written(render, tmp_path, capsys, llama_checkpoint):
+    _, convert, _ = generated_modules(render, "llama_equivalent")
+    state_dict = safetensors.torch.load_file(llama_checkpoint / "model.safetensors")
+    state_dict["model.extra_adapter.weight"] = torch.zeros(2)
+    safetensors.torch.save_file(state_dict, tmp_path / "edited.safetensors")
+
+    status = convert_cli(
+        convert, tmp_path / "edited.safetensors", tmp_path / "out", config=llama_checkpoint / "config.json"
     )
-    assert status == 0 and (tmp_path / "out" / "model.safetensors").is_file()
+
+    assert status == 1
+    assert "model.extra_adapter.weight" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("file_name", ["broken.safetensors", "broken.pt"])
 def test_a_corrupted_checkpoint_is_reported_and_nothing_is_written(render, tmp_path, capsys, file_name):
-    _, convert = converter(render, "llama_equivalent")
+    _, convert, _ = generated_modules(render, "llama_equivalent")
     (tmp_path / file_name).write_bytes(b"\x00\x01 not a checkpoint")
+    (tmp_path / "config.json").write_text('{"hidden_size": 64}')
 
-    status = run_cli(
-        convert, "--checkpoint", tmp_path / file_name, "--set", "hidden_size=64", "--output", tmp_path / "out"
-    )
+    status = convert_cli(convert, tmp_path / file_name, tmp_path / "out")
 
     assert status == 1
     assert f"could not read checkpoint {tmp_path / file_name}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_a_sharded_checkpoint_converts(render, tmp_path):
-    package, convert = converter(render, "llama_equivalent")
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(**LLAMA)).eval()
+def test_a_sharded_checkpoint_converts_into_shards(render, tmp_path):
+    package, convert, _ = generated_modules(render, "llama_equivalent")
+    llama = build_twin("llama")
     llama.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
-    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    index = tmp_path / "sharded" / "model.safetensors.index.json"
+    assert index.is_file()
 
-    status = run_cli(
-        convert,
-        "--checkpoint",
-        tmp_path / "sharded" / "model.safetensors.index.json",
-        "--config",
-        tmp_path / "sharded" / "config.json",
-        "--output",
-        tmp_path / "out",
-        "--max-shard-size",
-        "200KB",
-    )
+    assert convert_cli(convert, index, tmp_path / "out", "--max-shard-size", "200KB") == 0
 
-    assert status == 0
     assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
-    converted = package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
-    ids = input_ids(LLAMA["vocab_size"])
-    with torch.no_grad():
-        torch.testing.assert_close(converted(ids).logits, llama(ids).logits, rtol=0, atol=1e-5)
+    assert_same_logits(package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out").eval(), llama)
