@@ -34,7 +34,8 @@ def head_subsets(family: str) -> list[list[str]]:
 
 
 CACHE_DIRS = {".git", ".ruff_cache", ".pytest_cache", "__pycache__"}
-JINJA_LEFTOVER = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}")
+# Jinja's openings; a closing `}}` is legitimate Python (nested f-string format specs)
+JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#")
 
 
 def combination_id(answers: dict) -> str:
@@ -98,14 +99,20 @@ def with_value_knobs(index: int, knobs: dict) -> dict:
     [with_value_knobs(index, knobs) for index, knobs in enumerate(KNOB_COMBINATIONS)],
     ids=combination_id,
 )
-def test_generated_tests_pass_for_every_knob_combination_with_every_head(render, knobs):
+def test_every_knob_combination_with_every_head_smoke_tests_and_passes_its_own_tests(render, knobs, capfd):
     answers = {
         **knobs,
         "heads": FAMILY_HEADS[knobs["family"]],
         "model_name": "KnobMatrix",
         "package_name": "knob_matrix",
     }
-    project = render(answers, name="knob-matrix")
+    project = render(answers, name="knob-matrix", tasks=True)
+    hook_output = capfd.readouterr().out
+    assert "smoke test passed" in hook_output, hook_output
+    for head in FAMILY_HEADS[knobs["family"]]:
+        assert f"ok      forward KnobMatrixFor{head}" in hook_output
+    assert_clean_text(project)
+    assert_ruff_clean(project)
     assert_generated_tests_pass(project)
 
 
