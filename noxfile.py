@@ -1,4 +1,4 @@
-"""Sessions of the template's own checks: lint, render, tests (and refresh_model_types after a Transformers release)."""
+"""Sessions of the template's own checks: lint, render, tests (and refresh_snapshots after a Transformers release)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend="none", default=False)
-def refresh_model_types(session: nox.Session) -> None:
-    """Rewrite hooks/data/registered_model_types.txt from the Transformers in the shared environment."""
+def refresh_snapshots(session: nox.Session) -> None:
+    """Rewrite the snapshots in hooks/data/ (model types, tokenizer classes) from the shared environment's Transformers."""
     bin_dir, env = shared_environment(session)
-    session.run(str(bin_dir / "python"), "hooks/update_registered_model_types.py", env=env, external=True)
+    session.run(str(bin_dir / "python"), "hooks/update_transformers_snapshots.py", env=env, external=True)

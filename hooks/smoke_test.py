@@ -59,7 +59,7 @@ def run(package_name: str, tiny_config: dict) -> None:
         multiple_choice = model_class.__name__.endswith("ForMultipleChoice")
         shape = (BATCH_SIZE, 2, SEQ_LENGTH) if multiple_choice else (BATCH_SIZE, SEQ_LENGTH)
         input_ids = torch.randint(3, config.vocab_size, shape, generator=torch.Generator().manual_seed(0))
-        if isinstance(config.eos_token_id, int):
+        if isinstance(getattr(config, "eos_token_id", None), int):
             input_ids[..., -1] = config.eos_token_id  # encoder-decoder classifiers read the EOS token
         attention_mask = torch.ones_like(input_ids)
         with step(f"build {model_class.__name__}"):
@@ -73,6 +73,15 @@ def run(package_name: str, tiny_config: dict) -> None:
             with torch.no_grad():
                 reloaded_output = reloaded(input_ids=input_ids, attention_mask=attention_mask)[0]
             torch.testing.assert_close(reloaded_output, first_output)
+
+    tokenizer_class = next((getattr(package, name) for name in package.__all__ if name.endswith("Tokenizer")), None)
+    if tokenizer_class is not None:
+        base_model_class = model_classes[0]
+        with step(f"{tokenizer_class.__name__} -> {base_model_class.__name__} forward"), torch.no_grad():
+            tokenizer = tokenizer_class()  # its special tokens alone: enough to check the wiring
+            batch = tokenizer(["Hello world!", "A second, longer sentence."], padding=True, return_tensors="pt")
+            vocab_size = max(config.vocab_size, len(tokenizer))
+            base_model_class(config_class(**{**tiny_config, "vocab_size": vocab_size})).eval()(**batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -141,9 +142,19 @@ def test_model_type_default_keeps_acronyms_together(render, model_name, model_ty
     assert answers["model_type"] == model_type
 
 
-def test_registered_model_types_snapshot_covers_the_installed_transformers():
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    snapshot = set((REPO_ROOT / "hooks" / "data" / "registered_model_types.txt").read_text().split())
-    missing = set(CONFIG_MAPPING_NAMES) - snapshot
-    assert not missing, f"run `nox -s refresh_model_types`: the snapshot misses {sorted(missing)[:10]}"
+@pytest.mark.parametrize(
+    ("snapshot", "installed"),
+    [
+        ("registered_model_types.txt", "installed_model_types"),
+        ("tokenizer_classes.txt", "installed_tokenizer_classes"),
+    ],
+)
+def test_snapshots_cover_the_installed_transformers(snapshot, installed):
+    sys.path.insert(0, str(REPO_ROOT / "hooks"))
+    try:
+        snapshots = importlib.import_module("update_transformers_snapshots")
+    finally:
+        sys.path.remove(str(REPO_ROOT / "hooks"))
+    names = set((REPO_ROOT / "hooks" / "data" / snapshot).read_text().split())
+    missing = set(getattr(snapshots, installed)()) - names
+    assert not missing, f"run `nox -s refresh_snapshots`: {snapshot} misses {sorted(missing)[:10]}"
