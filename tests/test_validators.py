@@ -55,6 +55,10 @@ BAD_ANSWERS = {
         {"family": "encoder-decoder", "heads": ["TokenClassification"]},
         "TokenClassification is not offered for the encoder-decoder family",
     ),
+    "unknown-reused-tokenizer": (
+        {"tokenizer": "reuse", "reused_tokenizer": "NoSuchTokenizer"},
+        'reused_tokenizer "NoSuchTokenizer" is not a tokenizer class of the installed Transformers',
+    ),
     "no-positions-on-an-encoder": (
         {"family": "encoder", "position_embedding": "none"},
         "Only decoders can do without position embeddings",
