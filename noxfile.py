@@ -17,7 +17,10 @@ CONSTRAINTS = ROOT / "constraints.txt"
 SHARED_ENV = ROOT / ".nox" / "template-env"
 LINT_TOOLS = ["ruff>=0.15", "black>=25", "isort>=6"]
 
-nox.options.sessions = ["lint", "tests"]
+# The oldest Copier that copier.yml's _min_copier_version admits; the `min_copier` session tests it.
+MIN_COPIER = "9.18.0"
+
+nox.options.sessions = ["lint", "tests", "min_copier"]
 nox.options.reuse_venv = "yes"
 
 
@@ -54,6 +57,14 @@ def render(session: nox.Session) -> None:
         session.log(f"rendering {answers.name} -> {destination}")
         command = [str(bin_dir / "copier"), "copy", "--trust", "--defaults", "--quiet", f"--data-file={answers}"]
         session.run(*command, str(ROOT), str(destination), env=env, external=True)
+
+
+@nox.session
+def min_copier(session: nox.Session) -> None:
+    """The update, hook and validator tests with the oldest supported Copier (the `tests` session has the newest)."""
+    session.install("-r", str(REQUIREMENTS), f"copier=={MIN_COPIER}")
+    targets = ["tests/test_update.py", "tests/test_hooks.py", "tests/test_validators.py"]
+    session.run("python", "-m", "pytest", *(session.posargs or targets))
 
 
 @nox.session
