@@ -96,16 +96,21 @@ def assert_same_logits(converted: torch.nn.Module, original: torch.nn.Module) ->
         torch.testing.assert_close(converted(input_ids).logits, original(input_ids).logits, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("twin", ["llama", "bert", "bart"])
-def test_a_transformers_checkpoint_converts_into_its_family_with_the_same_logits(render, tmp_path, twin):
+def convert_saved_twin(render, tmp_path: Path, twin: str):
+    """Save a twin with save_pretrained, convert it with the CLI; returns it, the conversion and the harness."""
     answer_set, class_name = RENDERED_FOR[twin]
-    package, convert, _ = generated_modules(render, answer_set)
+    package, convert, compare = generated_modules(render, answer_set)
     original = build_twin(twin)
     original.save_pretrained(tmp_path / "original")
-
     assert convert_cli(convert, tmp_path / "original", tmp_path / "out") == 0
+    converted = getattr(package, class_name).from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    return original, converted, compare
 
-    converted = getattr(package, class_name).from_pretrained(tmp_path / "out").eval()
+
+@pytest.mark.parametrize("twin", ["llama", "bert", "bart"])
+def test_a_transformers_checkpoint_converts_into_its_family_with_the_same_logits(render, tmp_path, twin):
+    original, converted, _ = convert_saved_twin(render, tmp_path, twin)
+
     assert_same_logits(converted, original)
     auto_map = json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]
     assert auto_map["AutoConfig"].endswith("Config")
@@ -204,12 +209,7 @@ def test_the_harness_names_the_layer_where_an_injected_bug_starts(render, tmp_pa
 
 @pytest.mark.parametrize("twin", ["bert", "bart"])
 def test_the_harness_passes_with_the_prefilled_capture_points_of_the_other_families(render, tmp_path, twin):
-    answer_set, class_name = RENDERED_FOR[twin]
-    package, convert, compare = generated_modules(render, answer_set)
-    original = build_twin(twin)
-    original.save_pretrained(tmp_path / "original")
-    assert convert_cli(convert, tmp_path / "original", tmp_path / "out") == 0
-    converted = getattr(package, class_name).from_pretrained(tmp_path / "out", attn_implementation="eager")
+    original, converted, compare = convert_saved_twin(render, tmp_path, twin)
     original.set_attn_implementation("eager")
     inputs = compare.make_inputs(converted.config.vocab_size, batch_size=2, seq_length=8, seed=0)
 

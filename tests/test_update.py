@@ -79,20 +79,22 @@ def tagged_template(template_dir, tmp_path_factory) -> Path:
     return make_tagged_template(template_dir, tmp_path_factory.mktemp("tagged") / "template")
 
 
-def copy_old_version(tagged_template: Path, destination: Path, **answers) -> Path:
+def render_old_version(tagged_template: Path, destination: Path, **answers) -> None:
+    data = {"smoke_test": False, **answers}
     copier.run_copy(
-        str(tagged_template),
-        destination,
-        vcs_ref=OLD,
-        data={"smoke_test": False, **answers},
-        defaults=True,
-        unsafe=True,
-        skip_tasks=True,
-        quiet=True,
+        str(tagged_template), destination, vcs_ref=OLD, data=data, defaults=True, skip_tasks=True, quiet=True
     )
-    git(destination, "init", "--quiet")
-    git(destination, "add", "--all")
-    git(destination, "commit", "--quiet", "-m", "generated")
+
+
+def commit_everything(repository: Path, message: str) -> None:
+    git(repository, "init", "--quiet")
+    git(repository, "add", "--all")
+    git(repository, "commit", "--quiet", "-m", message)
+
+
+def copy_old_version(tagged_template: Path, destination: Path, **answers) -> Path:
+    render_old_version(tagged_template, destination, **answers)
+    commit_everything(destination, "generated")
     return destination
 
 
@@ -274,19 +276,8 @@ def test_a_renamed_file_keeps_the_user_edits_under_its_new_name(template_dir, tm
 
 def two_models_in_one_repository(tagged_template: Path, repository: Path) -> list[Path]:
     for name in ("first", "second"):
-        copier.run_copy(
-            str(tagged_template),
-            repository / "models" / name,
-            vcs_ref=OLD,
-            data={"model_name": f"{name.title()}Model", "smoke_test": False},
-            defaults=True,
-            unsafe=True,
-            skip_tasks=True,
-            quiet=True,
-        )
-    git(repository, "init", "--quiet")
-    git(repository, "add", "--all")
-    git(repository, "commit", "--quiet", "-m", "two generated models")
+        render_old_version(tagged_template, repository / "models" / name, model_name=f"{name.title()}Model")
+    commit_everything(repository, "two generated models")
     return [repository / "models" / name / ".copier-answers.yml" for name in ("first", "second")]
 
 
