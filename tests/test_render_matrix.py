@@ -116,6 +116,18 @@ def test_every_knob_combination_with_every_head_smoke_tests_and_passes_its_own_t
     assert_generated_tests_pass(project)
 
 
+NAMES_OF_24_CHARACTERS = {"model_name": "A" + "b" * 23, "model_type": "a" * 24, "package_name": "p" * 24}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_KNOBS))
+def test_names_of_24_characters_render_formatted_without_the_hook(render, family):
+    answers = {"family": family, **NAMES_OF_24_CHARACTERS, "heads": FAMILY_HEADS[family]}
+    projects = [
+        render({**answers, "tokenizer": kind}, name="24-characters") for kind in ("bpe", "wordpiece", "unigram")
+    ]
+    assert_ruff_clean(*projects)
+
+
 LONGEST_NAMES = {"model_name": "A" + "b" * 31, "model_type": "a" * 32, "package_name": "p" * 32}
 
 
