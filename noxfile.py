@@ -55,7 +55,8 @@ def render(session: nox.Session) -> None:
     for answers in sorted((ROOT / "tests" / "answers").glob("*.yml")):
         destination = output / answers.stem
         session.log(f"rendering {answers.name} -> {destination}")
-        command = [str(bin_dir / "copier"), "copy", "--trust", "--defaults", "--quiet", f"--data-file={answers}"]
+        command = [str(bin_dir / "copier"), "copy", "--trust", "--defaults", "--quiet", "--vcs-ref=HEAD"]
+        command.append(f"--data-file={answers}")
         session.run(*command, str(ROOT), str(destination), env=env, external=True)
 
 
