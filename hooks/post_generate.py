@@ -1,14 +1,18 @@
 """Post-generation task: format the generated files, smoke-test the model, make the project a git repository.
 
-Copier runs this with its own interpreter from `_tasks`. It never fails the copy: Copier deletes a new
-destination when a task fails, and the generated files must survive a failed check. Every problem is
-reported with the command that repeats the check.
+Copier runs this with its own interpreter from `_tasks`. Every problem is reported in one line with what to do,
+and the last line sums them up. By default the task exits with 0 even then: Copier deletes a new destination when a
+task fails, and the generated files must survive a failed check. With COPIER_TRANSFORMERS_MODEL_STRICT=1 it exits
+with the status of the first problem (pair it with `copier copy --no-cleanup`, which keeps the files):
+    1 smoke test failed, 2 conflicts left by an update, 3 smoke test skipped (no torch or transformers),
+    4 formatting failed or no formatter, 5 git failed or missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -17,7 +21,11 @@ import time
 from pathlib import Path
 
 HOOKS_DIR = Path(__file__).resolve().parent
-SMOKE_SKIPPED = 3
+STRICT_VARIABLE = "COPIER_TRANSFORMERS_MODEL_STRICT"
+# Exit statuses in strict mode; smoke_test.py exits with SMOKE_FAILED or SMOKE_SKIPPED itself
+SMOKE_FAILED, CONFLICTS, SMOKE_SKIPPED, FORMAT_FAILED, GIT_FAILED = 1, 2, 3, 4, 5
+
+Problem = tuple[int, str]
 
 
 def say(message: str) -> None:
@@ -57,17 +65,19 @@ def format_files(formatter: str, paths: list[str], interpreters: list[str]) -> b
         started = time.perf_counter()
         result = subprocess.run([*command, *arguments, *paths], capture_output=True, text=True)
         if result.returncode != 0:
-            say(f"format: {shlex.join([tool, *arguments, *paths])} reported:\n{result.stdout}{result.stderr}")
+            say(f"format: {shlex.join([tool, *arguments, *paths])} failed; fix what it reports and run it again:")
+            print(f"{result.stdout}{result.stderr}".rstrip(), flush=True)
             return False
         say(f"format: {tool} {arguments[0]} ({time.perf_counter() - started:.2f} s)")
     return True
 
 
-def smoke_test(python: str | None, package: str, tiny_config: str) -> bool:
+def smoke_test(python: str | None, package: str, tiny_config: str) -> int:
+    """0 when the model builds, runs and reloads; else SMOKE_FAILED or SMOKE_SKIPPED."""
     rerun = "python -m pytest tests"
     if python is None:
         say(f"smoke test skipped: no `python` on PATH. Later, in the project: {rerun}")
-        return False
+        return SMOKE_SKIPPED
     say(f"smoke test: {package} with a tiny config")
     command = [
         python,
@@ -79,32 +89,48 @@ def smoke_test(python: str | None, package: str, tiny_config: str) -> bool:
     result = subprocess.run(command)
     if result.returncode == 0:
         say("smoke test passed")
-        return True
+        return 0
     if result.returncode == SMOKE_SKIPPED:
         say(f"smoke test skipped. Install torch and transformers (pip install -e '.[dev]'), then run: {rerun}")
-    else:
-        say(f"smoke test FAILED (traceback above). Every generated file was kept. Rerun the checks with: {rerun}")
-    return False
+        return SMOKE_SKIPPED
+    say(f"smoke test FAILED (traceback above). Every generated file was kept. Rerun the checks with: {rerun}")
+    return SMOKE_FAILED
 
 
-def make_git_repository() -> None:
+def make_git_repository() -> bool:
     """`copier update` needs the project in git; a project inside another repository stays as it is."""
+    by_hand = "git init && git add --all && git commit -m 'Generate the model'"
     if shutil.which("git") is None:
-        say("git not found: put the project under git before running `copier update`")
-        return
+        say(f"git not found: install it and run `{by_hand}` before `copier update`")
+        return False
     inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True)
     if inside.returncode == 0:
-        return
-    subprocess.run(["git", "init", "--quiet"], check=True)
-    subprocess.run(["git", "add", "--all"], check=True)
+        return True
     has_identity = subprocess.run(["git", "config", "user.email"], capture_output=True).returncode == 0
+    steps = [["git", "init", "--quiet"], ["git", "add", "--all"]]
     if has_identity:
-        subprocess.run(
-            ["git", "commit", "--quiet", "-m", "Generate the model from copier-transformers-model"], check=True
-        )
+        steps.append(["git", "commit", "--quiet", "-m", "Generate the model from copier-transformers-model"])
+    for command in steps:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            say(f"git: `{shlex.join(command)}` failed ({result.stderr.strip()}); run `{by_hand}` yourself")
+            return False
+    if has_identity:
         say("git: initialised the repository with one commit")
     else:
         say("git: initialised the repository; commit the files (git commit -m 'Generate the model') before updating")
+    return True
+
+
+def finish(problems: list[Problem]) -> int:
+    """The closing line; the exit status is 0 unless strict mode asks for the first problem's."""
+    if not problems:
+        say("done")
+        return 0
+    summary = "; ".join(description for _, description in problems)
+    say(f"done with {len(problems)} problem(s): {summary}. Every generated file was kept.")
+    strict = os.environ.get(STRICT_VARIABLE, "0") not in ("", "0")
+    return problems[0][0] if strict else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,14 +147,26 @@ def main(argv: list[str] | None = None) -> int:
         say(f"skipped during `copier {args.operation}`; check the result with: python -m pytest tests")
         return 0
 
+    problems = check_project(args.formatter, args.package, args.smoke_test == "true", args.tiny_config)
+    if not make_git_repository():
+        problems.append((GIT_FAILED, "the project is not under git"))
+    return finish(problems)
+
+
+def check_project(formatter: str, package: str, smoke: bool, tiny_config: dict) -> list[Problem]:
+    """Format, then smoke-test: the steps after a copy and after a clean update."""
     python = user_python()
     interpreters = [sys.executable] + ([python] if python else [])
-    paths = [path for path in (f"src/{args.package}", "tests") if Path(path).exists()]
-    format_files(args.formatter, paths, interpreters)
-    if args.smoke_test == "true":
-        smoke_test(python, args.package, json.dumps(args.tiny_config))
-    make_git_repository()
-    return 0
+    paths = [path for path in (f"src/{package}", "tests") if Path(path).exists()]
+    problems = []
+    if not format_files(formatter, paths, interpreters):
+        problems.append((FORMAT_FAILED, "the files are not formatted"))
+    smoke_status = smoke_test(python, package, json.dumps(tiny_config)) if smoke else 0
+    if smoke_status == SMOKE_FAILED:
+        problems.append((SMOKE_FAILED, "the smoke test failed"))
+    elif smoke_status == SMOKE_SKIPPED:
+        problems.append((SMOKE_SKIPPED, "the smoke test could not run"))
+    return problems
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Reports every conflict marker the merge left, by file and line. Only when there is none, formats and
 smoke-tests the project as the post-generation task does; a conflicted file is never formatted (a formatter
-would fail on it, or worse, rewrite one side). Like the post-generation task, it never fails the update.
+would fail on it, or worse, rewrite one side). Like the post-generation task, it exits with 0 unless
+COPIER_TRANSFORMERS_MODEL_STRICT=1 asks for the status of the first problem (2 for conflicts).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from post_generate import format_files, say, smoke_test, user_python
+from post_generate import CONFLICTS, check_project, finish, say
 
 CONFLICT_START = "<<<<<<< "
 
@@ -48,15 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, line in markers:
             print(f"  {name}:{line}", flush=True)
         say("resolve each block (keep what you need of both sides), then: python -m pytest tests")
-        return 0
+        return finish([(CONFLICTS, f"{len(markers)} conflict(s) to resolve")])
 
     say("update: no conflicts")
-    python = user_python()
-    paths = [path for path in (f"src/{args.package}", "tests") if Path(path).exists()]
-    format_files(args.formatter, paths, [sys.executable] + ([python] if python else []))
-    if args.smoke_test == "true":
-        smoke_test(python, args.package, json.dumps(args.tiny_config))
-    return 0
+    return finish(check_project(args.formatter, args.package, args.smoke_test == "true", args.tiny_config))
 
 
 if __name__ == "__main__":

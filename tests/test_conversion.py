@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,8 @@ def test_a_transformers_checkpoint_converts_into_its_family_with_the_same_logits
     assert_same_logits(converted, original)
     auto_map = json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]
     assert auto_map["AutoConfig"].endswith("Config")
+    model_card = Path(sys.modules[type(converted).__module__].__file__).with_name("MODEL_CARD.md")
+    assert (tmp_path / "out" / "README.md").read_text() == model_card.read_text()
 
 
 def to_meta_layout(llama: LlamaForCausalLM) -> dict[str, torch.Tensor]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -146,3 +148,195 @@ def test_tasks_are_skipped_with_skip_tasks(template_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "copier-transformers-model" not in result.stdout + result.stderr
     assert not (destination / ".git").exists()
+
+
+def fake_python(directory: Path, blocked_module: str) -> Path:
+    """A `python` on PATH that cannot import `blocked_module`, as on a machine without it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "python"
+    script.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -c "
+        f"\"import runpy, sys; sys.modules['{blocked_module}'] = None; sys.argv = sys.argv[1:]; "
+        f'runpy.run_path(sys.argv[0], run_name=\'__main__\')" "$@"\n'
+    )
+    script.chmod(0o755)
+    return directory
+
+
+def test_missing_transformers_skips_the_smoke_test_with_instructions(render, tmp_path):
+    project = render({}, name="no-transformers")
+    bin_dir = fake_python(tmp_path / "bin", "transformers")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    result = run_post_generate(project, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert "skipped: transformers not installed" in result.stdout
+    assert "pip install -e '.[dev]'" in result.stdout
+    assert "done with 1 problem(s): the smoke test could not run" in result.stdout
+
+
+def broken_template(template_dir: Path, destination: Path) -> Path:
+    """A copy of the template whose decoder raises in its forward pass: answers are valid, the model is not."""
+    shutil.copytree(template_dir, destination)
+    modeling = destination / "template" / "_includes" / "decoder" / "modeling.py.jinja"
+    source = modeling.read_text()
+    marker = "        if (input_ids is None) ^ (inputs_embeds is not None):\n"
+    assert marker in source
+    modeling.write_text(source.replace(marker, '        raise RuntimeError("injected fault")\n' + marker, 1))
+    return destination
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_failing_smoke_test_keeps_every_file_and_strict_mode_fails_the_copy(template_dir, tmp_path, strict):
+    template = broken_template(template_dir, tmp_path / "template")
+    destination = tmp_path / "project"
+    env = home_with_git_identity(tmp_path / "home")
+    if strict:
+        env["COPIER_TRANSFORMERS_MODEL_STRICT"] = "1"
+
+    result = copier_cli(template, destination, "--no-cleanup", env=env)
+    output = result.stdout + result.stderr
+
+    assert (result.returncode != 0) == strict, output
+    assert "RuntimeError: injected fault" in output
+    assert "done with 1 problem(s): the smoke test failed. Every generated file was kept." in output
+    expected = {"pyproject.toml", "README.md", "PORTING_GUIDE.md", "src/brand_new_bert/modeling_brand_new_bert.py"}
+    assert expected <= {str(path.relative_to(destination)) for path in destination.rglob("*") if path.is_file()}
+
+
+def test_files_already_in_the_destination_are_kept_without_overwrite(template_dir, tmp_path):
+    destination = tmp_path / "project"
+    destination.mkdir()
+    (destination / "README.md").write_text("my notes\n")
+    (destination / "notes.txt").write_text("mine\n")
+
+    refused = copier_cli(template_dir, destination, "--skip-tasks")
+    assert refused.returncode != 0
+    assert "--overwrite" in refused.stderr
+    assert (destination / "README.md").read_text() == "my notes\n"
+
+    overwritten = copier_cli(template_dir, destination, "--skip-tasks", "--overwrite")
+    assert overwritten.returncode == 0, overwritten.stderr
+    assert (destination / "README.md").read_text().startswith("# BrandNewBert for Hugging Face Transformers")
+    assert (destination / "notes.txt").read_text() == "mine\n"
+
+
+def as_unprivileged_user(command: list[str]) -> list[str] | None:
+    """Root writes read-only files anyway: run as `nobody` then, with an interpreter it may execute."""
+    if os.geteuid() != 0:
+        return command
+    setpriv, system_python = shutil.which("setpriv"), Path("/usr/bin/python3")
+    if setpriv is None or not system_python.exists():
+        return None
+    return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(system_python), *command[1:]]
+
+
+def test_a_read_only_destination_is_reported_and_nothing_is_lost(render):
+    project = render({"smoke_test": False}, name="read-only")
+    readable_copy = Path(tempfile.mkdtemp())  # outside root's private pytest folder, for `nobody`
+    shutil.copytree(project, readable_copy / "project")
+    project = readable_copy / "project"
+    ruff_dir = Path(shutil.which("ruff")).parent
+    command = as_unprivileged_user(
+        [sys.executable, str(POST_GENERATE), "--formatter=ruff", "--package=brand_new_bert", "--smoke-test=false"]
+    )
+    if command is None:
+        pytest.skip("running as root without setpriv or /usr/bin/python3: read-only files cannot be simulated")
+    files = sorted(path for path in project.rglob("*") if path.is_file())
+    contents = {path: path.read_bytes() for path in files}
+    for path in [*files, *(path for path in project.rglob("*") if path.is_dir()), project]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    readable_copy.chmod(0o755)
+    env = {**os.environ, "PATH": f"{ruff_dir}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(readable_copy)}
+    try:
+        result = subprocess.run(
+            [*command, "--operation=copy", f"--tiny-config={TINY_CONFIG}"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    finally:
+        for path in [project, *project.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 0, output
+    assert "Traceback" not in output
+    assert "format: ruff check --fix --quiet" in output and "failed; fix what it reports" in output
+    assert "git: `git init --quiet` failed" in output
+    assert "done with 2 problem(s): the files are not formatted; the project is not under git" in output
+    assert {path: path.read_bytes() for path in files} == contents
+    shutil.rmtree(readable_copy)
+
+
+AUDIT_SITECUSTOMIZE = """
+import atexit, os, sys
+
+ALLOWED = [os.path.realpath(root) for root in os.environ["AUDIT_ALLOWED_ROOTS"].split(os.pathsep)] + [os.devnull]
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+PATH_EVENTS = {"os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "os.symlink", "shutil.rmtree"}
+violations = []
+
+
+def allowed(path):
+    real = os.path.realpath(os.fsdecode(path))
+    return any(real == root or real.startswith(root + os.sep) for root in ALLOWED)
+
+
+def audit(event, args):
+    if event.startswith("socket.") and event in ("socket.connect", "socket.getaddrinfo", "socket.sendto"):
+        violations.append(f"{sys.argv[:1]} {event} {args!r}")
+        raise OSError("network access is disabled in this test")
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        mode, flags = args[1] or "", args[2] or 0
+        if (any(letter in mode for letter in "wax+") or flags & WRITE_FLAGS) and not allowed(args[0]):
+            violations.append(f"{sys.argv[:1]} writes {args[0]}")
+    elif event in PATH_EVENTS:
+        # Paths relative to a directory descriptor (rmtree's inner steps) were checked with that directory
+        two_paths = event in ("os.rename", "os.replace", "os.symlink")
+        if any(fd is not None for fd in (args[2:] if two_paths else args[-1:])):
+            return
+        for path in args[:2] if two_paths else args[:1]:
+            if not allowed(path):
+                violations.append(f"{sys.argv[:1]} {event} {path}")
+
+
+def report():
+    if violations:
+        with open(os.environ["AUDIT_LOG"], "a") as log:
+            log.write("\\n".join(violations) + "\\n")
+
+
+sys.addaudithook(audit)
+atexit.register(report)
+"""
+
+
+def test_hooks_stay_offline_and_write_only_in_the_destination_and_the_temp_dir(template_dir, tmp_path):
+    """Every Python process of the copy (Copier, the task, the smoke test) is audited; git and ruff see a bare HOME."""
+    audit_dir, system_tmp, home = tmp_path / "audit", tmp_path / "system-tmp", tmp_path / "home"
+    for directory in (audit_dir, system_tmp):
+        directory.mkdir()
+    (audit_dir / "sitecustomize.py").write_text(AUDIT_SITECUSTOMIZE)
+    destination = tmp_path / "project"
+    log = system_tmp / "audit.log"
+    env = {
+        **home_with_git_identity(home),
+        "PYTHONPATH": str(audit_dir),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "AUDIT_ALLOWED_ROOTS": os.pathsep.join([str(destination), str(system_tmp)]),
+        "AUDIT_LOG": str(log),
+        "TMPDIR": str(system_tmp),
+        "RUFF_CACHE_DIR": str(system_tmp / "ruff-cache"),
+    }
+    home_before = sorted(path.relative_to(home) for path in home.rglob("*"))
+
+    result = copier_cli(template_dir, destination, env=env)
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 0, output
+    assert "smoke test passed" in output and "[copier-transformers-model] done" in output
+    assert not log.exists(), log.read_text()
+    assert sorted(path.relative_to(home) for path in home.rglob("*")) == home_before

@@ -59,6 +59,27 @@ BAD_ANSWERS = {
         {"tokenizer": "reuse", "reused_tokenizer": "NoSuchTokenizer"},
         'reused_tokenizer "NoSuchTokenizer" is not a tokenizer class of the installed Transformers',
     ),
+    "model_name-auto": ({"model_name": "Auto"}, 'model_name "Auto" would give classes the names of Transformers'),
+    "model_name-empty": ({"model_name": ""}, "model_name must be CamelCase"),
+    "package_name-keyword": ({"package_name": "class"}, 'package_name "class" is a Python keyword, builtin'),
+    "package_name-builtin": ({"package_name": "print"}, 'package_name "print" is a Python keyword, builtin'),
+    "package_name-stdlib": ({"package_name": "json"}, 'package_name "json" is a Python keyword, builtin'),
+    "package_name-leading-digit": ({"package_name": "2bert"}, "package_name must be a lower-case Python identifier"),
+    "description-empty": ({"description": " "}, "description must not be empty"),
+    "description-two-lines": ({"description": "one\ntwo"}, "description must be one line of printable text"),
+    "paper_title-control-character": ({"paper_title": "a\x1bb"}, "paper_title must be one line of printable text"),
+    "paper_title-too-long": ({"paper_title": "t" * 301}, "paper_title must be at most 300 characters"),
+    "reviewer-tab": ({"reviewer": "Ada\tLovelace"}, "reviewer must be one line of printable text"),
+    "paper_url-not-http": ({"paper_url": "ftp://example.org/paper"}, "paper_url must be empty or an http(s) URL"),
+    "paper_url-space": ({"paper_url": "https://example.org/a paper"}, "paper_url must be empty or an http(s) URL"),
+    "original_repo_url-quote": (
+        {"original_repo_url": 'https://github.com/org/repo"'},
+        "original_repo_url must be empty or an http(s) URL",
+    ),
+    "start_date-not-iso": ({"start_date": "23/11/2026"}, "start_date must be a date written YYYY-MM-DD"),
+    "start_date-month-13": ({"start_date": "2026-13-01"}, "start_date must be a date written YYYY-MM-DD"),
+    "hub_repo_id-no-organization": ({"hub_repo_id": "brand-new-bert"}, "hub_repo_id must look like organization/name"),
+    "weights_license-unknown": ({"weights_license": "wtfpl"}, "weights_license"),
     "no-positions-on-an-encoder": (
         {"family": "encoder", "position_embedding": "none"},
         "Only decoders can do without position embeddings",
@@ -151,6 +172,7 @@ def test_model_type_default_keeps_acronyms_together(render, model_name, model_ty
     [
         ("registered_model_types.txt", "installed_model_types"),
         ("tokenizer_classes.txt", "installed_tokenizer_classes"),
+        ("python_names.txt", "installed_python_names"),
     ],
 )
 def test_snapshots_cover_the_installed_transformers(snapshot, installed):
