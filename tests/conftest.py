@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import copier
+import jinja2
 import pytest
 import yaml
 
@@ -49,6 +50,36 @@ FAMILY_HEADS = {
     "encoder": ["MaskedLM", "SequenceClassification", "TokenClassification", "QuestionAnswering", "MultipleChoice"],
     "encoder-decoder": ["ConditionalGeneration", "SequenceClassification"],
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_jinja_is_shared_between_renders():
+    """Copier makes a new Jinja environment for each render and compiles every template again: two thirds of a
+    render's time. Renders in this process share the compiled code instead, keyed by the source and every
+    environment option the compiler reads, so the output is the same; only the time changes."""
+    original_compile = jinja2.Environment.compile
+    compiled = {}
+
+    def compile_once(environment, source, name=None, filename=None, raw=False, defer_init=False):
+        if raw or not isinstance(source, str):
+            return original_compile(environment, source, name, filename, raw, defer_init)
+        options = tuple(getattr(environment, option) for option in JINJA_COMPILER_OPTIONS)
+        key = (type(environment), tuple(sorted(environment.extensions)), options, source, name, filename, defer_init)
+        if key not in compiled:
+            compiled[key] = original_compile(environment, source, name, filename, raw, defer_init)
+        return compiled[key]
+
+    jinja2.Environment.compile = compile_once
+    yield
+    jinja2.Environment.compile = original_compile
+
+
+JINJA_COMPILER_OPTIONS = [
+    *["block_start_string", "block_end_string", "variable_start_string", "variable_end_string"],
+    *["comment_start_string", "comment_end_string", "line_statement_prefix", "line_comment_prefix"],
+    *["trim_blocks", "lstrip_blocks", "newline_sequence", "keep_trailing_newline", "optimized", "autoescape"],
+    "finalize",
+]
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ def make_tagged_template(template_dir: Path, repo: Path, rename_readme: bool = F
     git(repo, "tag", OLD)
 
     if rename_readme:
-        (repo / "template" / "docs").mkdir()
+        (repo / "template" / "docs").mkdir(exist_ok=True)
         git(repo, "mv", "template/README.md.jinja", "template/docs/README.md.jinja")
         if migration:
             registry = repo / "hooks" / "migrations" / "renames.yml"

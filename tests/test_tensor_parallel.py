@@ -1,0 +1,121 @@
+"""Tensor parallelism: a saved generated model loads with tp_plan="auto" on two CPU processes (gloo) and gives the
+logits of the single-process model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import import_rendered_package
+
+# Each family with a tensor-parallel plan, with the knobs that change which projections it shards
+TP_CASES = {
+    "decoder": ({"model_name": "TpLlamaLike"}, "CausalLM"),
+    "decoder-gpt2-like": (
+        {
+            "model_name": "TpGptLike",
+            "normalization": "layer_norm",
+            "position_embedding": "learned",
+            "mlp": "gelu",
+            "linear_bias": True,
+        },
+        "CausalLM",
+    ),
+    "encoder": ({"model_name": "TpBertLike", "family": "encoder"}, "MaskedLM"),
+    "encoder-pre-norm-rope": (
+        {"model_name": "TpRopeEncoder", "family": "encoder", "norm_placement": "pre", "position_embedding": "rope"},
+        "MaskedLM",
+    ),
+}
+# Small, but every sharded dimension splits evenly over two processes (key/value heads included)
+TINY_TP_CONFIG = {
+    "vocab_size": 99,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 64,
+}
+
+WORKER = """
+import os, sys
+import torch
+from torch.distributed.tensor import DTensor
+from transformers import DistributedConfig
+import {package}
+
+checkpoint, output = sys.argv[1], sys.argv[2]
+model = {package}.{model_class}.from_pretrained(
+    checkpoint, distributed_config=DistributedConfig(tp_plan="auto")
+).eval()
+query = model.get_submodule("model.layers.0.self_attn.q_proj").weight
+inputs = torch.load(os.path.join(checkpoint, "inputs.pt"))
+with torch.no_grad():
+    logits = model(**inputs).logits
+if int(os.environ["RANK"]) == 0:
+    torch.save(
+        {{"logits": logits, "sharded": isinstance(query, DTensor), "local_rows": query.to_local().shape[0]}},
+        output,
+    )
+"""
+
+
+@pytest.mark.parametrize("case", list(TP_CASES))
+def test_tensor_parallel_logits_equal_the_single_process_logits(render, tmp_path, case):
+    answers, head = TP_CASES[case]
+    project = render({**answers, "heads": [head], "tokenizer": "none"}, name=f"tp-{case}")
+    package_name = next(path.name for path in (project / "src").iterdir())
+    package = import_rendered_package(project, package_name)
+    model_class = f"{answers['model_name']}For{head}"
+    config_values = dict(TINY_TP_CONFIG, **({"num_key_value_heads": 2} if "family" not in answers else {}))
+
+    torch.manual_seed(0)
+    model = getattr(package, model_class)(getattr(package, f"{answers['model_name']}Config")(**config_values)).eval()
+    inputs = {"input_ids": torch.randint(3, 99, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    inputs["attention_mask"][1, -3:] = 0  # a padded row, so that masking is sharded too
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    torch.save(inputs, checkpoint / "inputs.pt")
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER.format(package=package_name, model_class=model_class))
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "--master_port=0",
+            str(worker),
+            str(checkpoint),
+            str(tmp_path / "tp.pt"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(project / "src"), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    parallel = torch.load(tmp_path / "tp.pt")
+    assert parallel["sharded"], "the query projection was not sharded: the tensor-parallel plan did not apply"
+    assert parallel["local_rows"] * 2 == TINY_TP_CONFIG["hidden_size"]
+    torch.testing.assert_close(parallel["logits"], expected, rtol=0, atol=1e-5)
+
+
+def test_every_family_with_a_plan_is_tested():
+    plans = {
+        path.parent.name
+        for path in Path(__file__).parent.parent.glob("template/_includes/*/configuration.py.jinja")
+        if "base_model_tp_plan" in path.read_text()
+    }
+    tested = {answers.get("family", "decoder") for answers, _ in TP_CASES.values()}
+    assert plans == tested
