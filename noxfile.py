@@ -68,11 +68,20 @@ def min_copier(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *(session.posargs or targets))
 
 
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Benchmarks of copy, update, generated models against their twins and generated test suites: BENCHMARKS.md."""
+    bin_dir, env = shared_environment(session)
+    command = "nox -s bench" + (f" -- {' '.join(session.posargs)}" if session.posargs else "")
+    script = str(ROOT / "benchmarks" / "bench.py")
+    session.run(str(bin_dir / "python"), script, f"--command={command}", *session.posargs, env=env, external=True)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, black and isort on the template's own Python (the generated code is checked by the tests)."""
     session.install(*LINT_TOOLS)
-    targets = ["noxfile.py", "hooks", "tests"]
+    targets = ["noxfile.py", "hooks", "tests", "benchmarks"]
     session.run("ruff", "check", *targets)
     session.run("ruff", "format", "--check", *targets)
     session.run("black", "--check", *targets)

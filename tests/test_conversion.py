@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -117,6 +120,45 @@ def test_a_transformers_checkpoint_converts_into_its_family_with_the_same_logits
     assert auto_map["AutoConfig"].endswith("Config")
     model_card = Path(sys.modules[type(converted).__module__].__file__).with_name("MODEL_CARD.md")
     assert (tmp_path / "out" / "README.md").read_text() == model_card.read_text()
+
+
+@pytest.mark.parametrize("twin", ["llama", "bart"])
+def test_the_integration_tests_pass_once_filled_with_the_originals_outputs(render, tmp_path, twin):
+    original, converted, _ = convert_saved_twin(render, tmp_path, twin)
+    project = Path(sys.modules[type(converted).__module__].__file__).parents[2]
+    integration_test = next(project.glob("tests/test_integration_*.py"))
+    # What a porter fills in: input ids of the original's vocabulary, and the original's outputs for them
+    input_ids = torch.tensor([[0, 5, 17, 33, 64, 2]])
+    with torch.no_grad():
+        expected_slice = original(input_ids=input_ids).logits[0, :3, :3].tolist()
+        expected_ids = original.generate(input_ids, max_new_tokens=8, do_sample=False).tolist()
+    filled = re.sub(
+        r"^INPUT_IDS = .*$", f"INPUT_IDS = {input_ids.tolist()!r}", integration_test.read_text(), flags=re.M
+    )
+    filled = filled.replace("EXPECTED_SLICE: list[list[float]] | None = None", f"EXPECTED_SLICE = {expected_slice!r}")
+    filled = filled.replace(
+        "EXPECTED_GENERATED_IDS: list[list[int]] | None = None", f"EXPECTED_GENERATED_IDS = {expected_ids!r}"
+    )
+    checkpoint_variable = re.search(r"os\.environ\.get\(\"(\w+_CHECKPOINT)\"", filled).group(1)
+    copy = tmp_path / integration_test.name
+    copy.write_text(filled)
+
+    env = {
+        **os.environ,
+        "RUN_SLOW": "1",
+        checkpoint_variable: str(tmp_path / "out"),
+        "PYTHONPATH": str(project / "src"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(copy)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
 
 
 def to_meta_layout(llama: LlamaForCausalLM) -> dict[str, torch.Tensor]:

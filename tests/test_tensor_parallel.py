@@ -4,6 +4,7 @@ logits of the single-process model."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,20 @@ if int(os.environ["RANK"]) == 0:
 """
 
 
+def run_process_group(command: list[str], env: dict, timeout: int = 180) -> subprocess.CompletedProcess:
+    """Run torchrun in its own process group, so that a hang kills its workers too."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s:\n{output}")
+    return subprocess.CompletedProcess(command, process.returncode, output, "")
+
+
 @pytest.mark.parametrize("case", list(TP_CASES))
 def test_tensor_parallel_logits_equal_the_single_process_logits(render, tmp_path, case):
     answers, head = TP_CASES[case]
@@ -86,25 +101,13 @@ def test_tensor_parallel_logits_equal_the_single_process_logits(render, tmp_path
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(package=package_name, model_class=model_class))
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "--master_port=0",
-            str(worker),
-            str(checkpoint),
-            str(tmp_path / "tp.pt"),
-        ],
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker)]
+    result = run_process_group(
+        [*command, str(checkpoint), str(tmp_path / "tp.pt")],
         env={**os.environ, "PYTHONPATH": str(project / "src"), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
 
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout
     parallel = torch.load(tmp_path / "tp.pt")
     assert parallel["sharded"], "the query projection was not sharded: the tensor-parallel plan did not apply"
     assert parallel["local_rows"] * 2 == TINY_TP_CONFIG["hidden_size"]

@@ -1,0 +1,116 @@
+"""One measurement of a generated model against its Transformers twin, in a fresh process; prints JSON.
+
+    python benchmarks/model_speed.py time --family decoder --converted DIR --original DIR --attn sdpa --task forward
+    python benchmarks/model_speed.py memory --family decoder --converted DIR --original DIR --attn sdpa \\
+        --task forward --which generated
+
+`time` loads both models and alternates them call by call, so that both see the same machine state; `memory`
+loads one and reports its peak resident memory while running the task (a process has one peak, hence one model
+per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+# The Transformers class each family is measured against, and the part of it the issue names
+TWINS = {
+    "decoder": ("LlamaForCausalLM", None),
+    "encoder": ("BertForMaskedLM", "bert"),
+    "encoder-decoder": ("BartForConditionalGeneration", None),
+}
+BATCH_SIZE, SEQUENCE_LENGTH = 4, 512
+PROMPT_LENGTH, NEW_TOKENS = 16, 64
+
+
+def load_models(args: argparse.Namespace, which: list[str]) -> dict[str, torch.nn.Module]:
+    twin_class, twin_part = TWINS[args.family]
+    models = {}
+    if "generated" in which:
+        package = importlib.import_module(args.package)
+        generated_class = getattr(package, args.generated_class)
+        model = generated_class.from_pretrained(args.converted, attn_implementation=args.attn).eval()
+        # The encoder is compared base model to base model (BertModel), the others head to head
+        models["generated"] = model.model if twin_part else model
+    if "twin" in which:
+        model = getattr(transformers, twin_class).from_pretrained(args.original, attn_implementation=args.attn).eval()
+        models["twin"] = getattr(model, twin_part) if twin_part else model
+    return models
+
+
+def task_inputs(args: argparse.Namespace, vocab_size: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    shape = (BATCH_SIZE, SEQUENCE_LENGTH) if args.task == "forward" else (1, PROMPT_LENGTH)
+    input_ids = torch.randint(4, vocab_size, shape, generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def run_task(model: torch.nn.Module, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        if task == "forward":
+            outputs = model(**inputs)
+            return outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state
+        # Exactly NEW_TOKENS tokens: min_new_tokens keeps the end-of-sequence token out until then
+        return model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+
+
+def measure_time(args: argparse.Namespace) -> dict:
+    models = load_models(args, ["generated", "twin"])
+    inputs = task_inputs(args, models["twin"].config.vocab_size)
+    outputs = {name: run_task(model, args.task, inputs) for name, model in models.items()}  # warm-up
+    if args.task == "forward":
+        difference = (outputs["generated"] - outputs["twin"]).abs().max().item()
+    else:
+        difference = float((outputs["generated"] != outputs["twin"]).sum().item())
+    times = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            started = time.perf_counter()
+            run_task(model, args.task, inputs)
+            times[name].append(time.perf_counter() - started)
+    return {"times": times, "difference": difference}
+
+
+def measure_memory(args: argparse.Namespace) -> dict:
+    model = load_models(args, [args.which])[args.which]
+    inputs = task_inputs(args, model.config.vocab_size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_task(model, args.task, inputs)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux
+    return {"peak_mib": after / 1024, "task_peak_mib": (after - before) / 1024}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("measure", choices=["time", "memory"])
+    parser.add_argument("--family", choices=list(TWINS), required=True)
+    parser.add_argument("--package", required=True)
+    parser.add_argument("--generated-class", required=True)
+    parser.add_argument("--converted", type=Path, required=True)
+    parser.add_argument("--original", type=Path, required=True)
+    parser.add_argument("--attn", choices=["eager", "sdpa"], required=True)
+    parser.add_argument("--task", choices=["forward", "generate"], required=True)
+    parser.add_argument("--which", choices=["generated", "twin"], default="generated")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    result = measure_time(args) if args.measure == "time" else measure_memory(args)
+    if args.measure == "time":
+        result["median"] = {name: statistics.median(values) for name, values in result["times"].items()}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
