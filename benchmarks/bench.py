@@ -295,7 +295,7 @@ def report(command: str, machine: dict, workflow: dict, models: dict, suites: di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each model task")
+    parser.add_argument("--repeats", type=int, default=11, help="timed runs of each model task")
     parser.add_argument("--workflow-repeats", type=int, default=3, help="copies, updates and test-suite runs")
     parser.add_argument("--command", default="nox -s bench", help="the command recorded in the report")
     args = parser.parse_args(argv)
