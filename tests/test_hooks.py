@@ -340,3 +340,27 @@ def test_hooks_stay_offline_and_write_only_in_the_destination_and_the_temp_dir(t
     assert "smoke test passed" in output and "[copier-transformers-model] done" in output
     assert not log.exists(), log.read_text()
     assert sorted(path.relative_to(home) for path in home.rglob("*")) == home_before
+
+
+@pytest.mark.parametrize(("strict", "status"), [(False, 0), (True, 2)])
+def test_conflicts_left_by_an_update_are_listed_and_strict_mode_fails_on_them(tmp_path, strict, status):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "model.py").write_text(
+        "<<<<<<< before updating\nmine\n=======\ntheirs\n>>>>>>> after updating\n"
+    )
+    subprocess.run(["git", "init", "--quiet"], cwd=project, check=True)
+    env = {**os.environ, "COPIER_TRANSFORMERS_MODEL_STRICT": "1" if strict else "0"}
+    command = [sys.executable, str(REPO_ROOT / "hooks" / "post_update.py"), "--formatter=ruff", "--package=model"]
+
+    result = subprocess.run(
+        [*command, "--smoke-test=false", f"--tiny-config={TINY_CONFIG}"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "src/model.py:1" in result.stdout
+    assert "done with 1 problem(s): 1 conflict(s) to resolve" in result.stdout
