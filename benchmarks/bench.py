@@ -130,10 +130,10 @@ def bench_copy_and_update(workdir: Path, repeats: int) -> dict:
     return {"floor": summary(floor), "copy": summary(copies), "update": summary(updates)}
 
 
-def render(answer_set: str, destination: Path) -> Path:
-    answers = ROOT / "tests" / "answers" / f"{answer_set}.yml"
+def render(destination: Path, *answers: str) -> Path:
+    """Render HEAD without hooks; `answers` are Copier options such as `--data-file=...` or `-d key=value`."""
     command = [sys.executable, "-m", "copier", "copy", "--trust", "--defaults", "--quiet", "--skip-tasks"]
-    run([*command, "--vcs-ref=HEAD", f"--data-file={answers}", str(ROOT), str(destination)])
+    run([*command, "--vcs-ref=HEAD", *answers, str(ROOT), str(destination)])
     return destination
 
 
@@ -158,7 +158,8 @@ def convert_twin(family: str, project: Path, workdir: Path) -> tuple[Path, Path,
 def bench_models(workdir: Path, repeats: int) -> dict:
     results = {}
     for family, (answer_set, _, _, head) in FAMILIES.items():
-        project = render(answer_set, workdir / f"{family}-project")
+        answers = ROOT / "tests" / "answers" / f"{answer_set}.yml"
+        project = render(workdir / f"{family}-project", f"--data-file={answers}")
         original, converted, names = convert_twin(family, project, workdir)
         env = {**os.environ, "PYTHONPATH": str(project / "src"), "HF_HUB_OFFLINE": "1"}
         common = [
@@ -198,9 +199,7 @@ def bench_models(workdir: Path, repeats: int) -> dict:
 def bench_test_suites(workdir: Path, repeats: int) -> dict:
     results = {}
     for family in FAMILIES:
-        project = workdir / f"suite-{family}"
-        run([sys.executable, "-m", "copier", "copy", "--trust", "--defaults", "--quiet", "--skip-tasks",
-             "--vcs-ref=HEAD", "-d", f"family={family}", str(ROOT), str(project)])  # fmt: skip
+        project = render(workdir / f"suite-{family}", f"--data=family={family}")
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         log(f"{family} generated test suite")

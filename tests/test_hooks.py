@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO_ROOT, ruff
 
 POST_GENERATE = REPO_ROOT / "hooks" / "post_generate.py"
+POST_UPDATE = REPO_ROOT / "hooks" / "post_update.py"
 TINY_CONFIG = '{"vocab_size": 99, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1, "pad_token_id": 0}'
 
 
@@ -36,12 +37,21 @@ def home_with_git_identity(home: Path) -> dict:
     return {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
 
 
-def run_post_generate(project: Path, *, python: str = sys.executable, env: dict | None = None, **overrides: str):
-    arguments = {"formatter": "ruff", "package": "brand_new_bert", "smoke-test": "true", "operation": "copy"}
-    arguments.update({key.replace("_", "-"): value for key, value in overrides.items()})
-    command = [python, str(POST_GENERATE), *(f"--{key}={value}" for key, value in arguments.items())]
-    return subprocess.run(
-        [*command, f"--tiny-config={TINY_CONFIG}"], cwd=project, capture_output=True, text=True, env=env
+def run_hook(
+    script: Path, project: Path, arguments: dict[str, str], *, interpreter: list[str], env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run a hook script in `project` as Copier does: `--name=value` arguments and the tiny config."""
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in arguments.items()]
+    command = [*interpreter, str(script), *options, f"--tiny-config={TINY_CONFIG}"]
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, env=env)
+
+
+def run_post_generate(
+    project: Path, *, interpreter: list[str] | None = None, env: dict | None = None, **overrides: str
+) -> subprocess.CompletedProcess:
+    arguments = {"formatter": "ruff", "package": "brand_new_bert", "smoke_test": "true", "operation": "copy"}
+    return run_hook(
+        POST_GENERATE, project, {**arguments, **overrides}, interpreter=interpreter or [sys.executable], env=env
     )
 
 
@@ -126,7 +136,7 @@ def test_missing_formatter_is_reported_and_files_stay_unformatted(render, bare_p
     before = modeling.read_text()
     env = {**os.environ, "PATH": f"{bare_python}{os.pathsep}/usr/bin{os.pathsep}/bin"}
 
-    result = run_post_generate(project, python=str(bare_python / "python"), env=env, smoke_test="false")
+    result = run_post_generate(project, interpreter=[str(bare_python / "python")], env=env, smoke_test="false")
 
     assert result.returncode == 0, result.stderr
     assert "ruff not found" in result.stdout and "pip install ruff" in result.stdout
@@ -222,14 +232,14 @@ def test_files_already_in_the_destination_are_kept_without_overwrite(template_di
     assert (destination / "notes.txt").read_text() == "mine\n"
 
 
-def as_unprivileged_user(command: list[str]) -> list[str] | None:
+def unprivileged_interpreter() -> list[str] | None:
     """Root writes read-only files anyway: run as `nobody` then, with an interpreter it may execute."""
     if os.geteuid() != 0:
-        return command
+        return [sys.executable]
     setpriv, system_python = shutil.which("setpriv"), Path("/usr/bin/python3")
     if setpriv is None or not system_python.exists():
         return None
-    return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(system_python), *command[1:]]
+    return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(system_python)]
 
 
 def test_a_read_only_destination_is_reported_and_nothing_is_lost(render):
@@ -238,10 +248,8 @@ def test_a_read_only_destination_is_reported_and_nothing_is_lost(render):
     shutil.copytree(project, readable_copy / "project")
     project = readable_copy / "project"
     ruff_dir = Path(shutil.which("ruff")).parent
-    command = as_unprivileged_user(
-        [sys.executable, str(POST_GENERATE), "--formatter=ruff", "--package=brand_new_bert", "--smoke-test=false"]
-    )
-    if command is None:
+    interpreter = unprivileged_interpreter()
+    if interpreter is None:
         pytest.skip("running as root without setpriv or /usr/bin/python3: read-only files cannot be simulated")
     files = sorted(path for path in project.rglob("*") if path.is_file())
     contents = {path: path.read_bytes() for path in files}
@@ -250,13 +258,7 @@ def test_a_read_only_destination_is_reported_and_nothing_is_lost(render):
     readable_copy.chmod(0o755)
     env = {**os.environ, "PATH": f"{ruff_dir}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(readable_copy)}
     try:
-        result = subprocess.run(
-            [*command, "--operation=copy", f"--tiny-config={TINY_CONFIG}"],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            env=env,
-        )
+        result = run_post_generate(project, interpreter=interpreter, env=env, smoke_test="false")
     finally:
         for path in [project, *project.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -351,15 +353,9 @@ def test_conflicts_left_by_an_update_are_listed_and_strict_mode_fails_on_them(tm
     )
     subprocess.run(["git", "init", "--quiet"], cwd=project, check=True)
     env = {**os.environ, "COPIER_TRANSFORMERS_MODEL_STRICT": "1" if strict else "0"}
-    command = [sys.executable, str(REPO_ROOT / "hooks" / "post_update.py"), "--formatter=ruff", "--package=model"]
+    arguments = {"formatter": "ruff", "package": "model", "smoke_test": "false"}
 
-    result = subprocess.run(
-        [*command, "--smoke-test=false", f"--tiny-config={TINY_CONFIG}"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = run_hook(POST_UPDATE, project, arguments, interpreter=[sys.executable], env=env)
 
     assert result.returncode == status, result.stdout + result.stderr
     assert "src/model.py:1" in result.stdout
