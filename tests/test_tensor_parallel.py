@@ -63,6 +63,9 @@ if int(os.environ["RANK"]) == 0:
         {{"logits": logits, "sharded": isinstance(query, DTensor), "local_rows": query.to_local().shape[0]}},
         output,
     )
+# Both ranks leave together and close gloo's threads: exiting with the group open can abort a rank
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 
