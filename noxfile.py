@@ -65,6 +65,7 @@ def min_copier(session: nox.Session) -> None:
     """The update, hook and validator tests with the oldest supported Copier (the `tests` session has the newest)."""
     session.install("-r", str(REQUIREMENTS), f"copier=={MIN_COPIER}")
     targets = ["tests/test_update.py", "tests/test_hooks.py", "tests/test_validators.py"]
+    targets.append("tests/test_in_tree.py::test_update_with_the_models_answers_file_keeps_edits_and_registers_new_heads")
     session.run("python", "-m", "pytest", *(session.posargs or targets))
 
 

@@ -6,6 +6,8 @@ task fails, and the generated files must survive a failed check. With COPIER_TRA
 with the status of the first problem (pair it with `copier copy --no-cleanup`, which keeps the files):
     1 smoke test failed, 2 conflicts left by an update, 3 smoke test skipped (no torch or transformers),
     4 formatting failed or no formatter, 5 git failed or missing.
+In a Transformers checkout it first registers the model (register_in_tree.py); a refused registration stops
+everything else and always exits with 6, whatever the mode: the files are there, but the checkout does not know them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from register_in_tree import REFUSED, register
 
 HOOKS_DIR = Path(__file__).resolve().parent
 STRICT_VARIABLE = "COPIER_TRANSFORMERS_MODEL_STRICT"
@@ -26,6 +31,40 @@ STRICT_VARIABLE = "COPIER_TRANSFORMERS_MODEL_STRICT"
 SMOKE_FAILED, CONFLICTS, SMOKE_SKIPPED, FORMAT_FAILED, GIT_FAILED = 1, 2, 3, 4, 5
 
 Problem = tuple[int, str]
+REFUSAL = "the checkout does not register the model"
+
+
+@dataclass(frozen=True)
+class Project:
+    """Where the generated files are: a package, or a model folder of a Transformers checkout."""
+
+    module: str  # dotted name of the folder that holds the model's modules
+    registration: dict  # what register_in_tree.py inserts; empty for a package
+
+    @property
+    def in_tree(self) -> bool:
+        return bool(self.registration)
+
+    @property
+    def source_dir(self) -> Path:
+        return Path("src", *self.module.split("."))
+
+    @property
+    def tests_dir(self) -> Path:
+        return Path("tests", "models", self.registration["model_type"]) if self.in_tree else Path("tests")
+
+    @property
+    def test_command(self) -> str:
+        # A checkout need not be installed: its src/ goes on the path
+        return f"{'PYTHONPATH=src ' if self.in_tree else ''}python -m pytest {self.tests_dir}"
+
+    @property
+    def generated_paths(self) -> list[str]:
+        """Every path the template writes, where an update can leave conflicts."""
+        if not self.in_tree:
+            return []
+        model_type = self.registration["model_type"]
+        return [str(self.source_dir), str(self.tests_dir), f"docs/source/en/model_doc/{model_type}.md", ".copier"]
 
 
 def say(message: str) -> None:
@@ -72,18 +111,18 @@ def format_files(formatter: str, paths: list[str], interpreters: list[str]) -> b
     return True
 
 
-def smoke_test(python: str | None, package: str, tiny_config: str) -> int:
+def smoke_test(python: str | None, project: Project, tiny_config: str) -> int:
     """0 when the model builds, runs and reloads; else SMOKE_FAILED or SMOKE_SKIPPED."""
-    rerun = "python -m pytest tests"
+    rerun = project.test_command
     if python is None:
         say(f"smoke test skipped: no `python` on PATH. Later, in the project: {rerun}")
         return SMOKE_SKIPPED
-    say(f"smoke test: {package} with a tiny config")
+    say(f"smoke test: {project.module} with a tiny config")
     command = [
         python,
         str(HOOKS_DIR / "smoke_test.py"),
         "--src=src",
-        f"--package={package}",
+        f"--package={project.module}",
         f"--tiny-config={tiny_config}",
     ]
     result = subprocess.run(command)
@@ -130,7 +169,7 @@ def finish(problems: list[Problem]) -> int:
     summary = "; ".join(description for _, description in problems)
     say(f"done with {len(problems)} problem(s): {summary}. Every generated file was kept.")
     strict = os.environ.get(STRICT_VARIABLE, "0") not in ("", "0")
-    return problems[0][0] if strict else 0
+    return problems[0][0] if strict or problems[0][0] == REFUSED else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,28 +179,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke-test", choices=["true", "false"], required=True)
     parser.add_argument("--operation", required=True, help="Copier's _copier_operation: copy or update")
     parser.add_argument("--tiny-config", required=True, type=json.loads)
+    parser.add_argument("--registration", type=json.loads, default={}, help="set in a Transformers checkout")
     args = parser.parse_args(argv)
+    project = Project(args.package, args.registration)
 
     if args.operation != "copy":
         # Copier also runs tasks in the temporary renders it makes while updating; none of them is the project.
-        say(f"skipped during `copier {args.operation}`; check the result with: python -m pytest tests")
+        say(f"skipped during `copier {args.operation}`; check the result with: {project.test_command}")
         return 0
 
-    problems = check_project(args.formatter, args.package, args.smoke_test == "true", args.tiny_config)
-    if not make_git_repository():
+    problems = check_project(args.formatter, project, args.smoke_test == "true", args.tiny_config)
+    if project.in_tree:
+        # The checkout is the user's repository: committing is theirs to do, on their branch
+        if (REFUSED, REFUSAL) not in problems:
+            say("git: commit the model's files on your branch before any `copier update`")
+    elif not make_git_repository():
         problems.append((GIT_FAILED, "the project is not under git"))
     return finish(problems)
 
 
-def check_project(formatter: str, package: str, smoke: bool, tiny_config: dict) -> list[Problem]:
-    """Format, then smoke-test: the steps after a copy and after a clean update."""
+def check_project(formatter: str, project: Project, smoke: bool, tiny_config: dict) -> list[Problem]:
+    """Register (in a checkout), format, then smoke-test: the steps after a copy and after a clean update."""
+    if project.in_tree and register(project.registration) == REFUSED:
+        return [(REFUSED, REFUSAL)]
     python = user_python()
     interpreters = [sys.executable] + ([python] if python else [])
-    paths = [path for path in (f"src/{package}", "tests") if Path(path).exists()]
+    paths = [str(path) for path in (project.source_dir, project.tests_dir) if path.exists()]
     problems = []
     if not format_files(formatter, paths, interpreters):
         problems.append((FORMAT_FAILED, "the files are not formatted"))
-    smoke_status = smoke_test(python, package, json.dumps(tiny_config)) if smoke else 0
+    smoke_status = smoke_test(python, project, json.dumps(tiny_config)) if smoke else 0
     if smoke_status == SMOKE_FAILED:
         problems.append((SMOKE_FAILED, "the smoke test failed"))
     elif smoke_status == SMOKE_SKIPPED:

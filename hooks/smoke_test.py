@@ -42,14 +42,18 @@ def run(package_name: str, tiny_config: dict) -> None:
     with step(f"import {package_name}"):
         package = importlib.import_module(package_name)
     config_class = next(getattr(package, name) for name in package.__all__ if name.endswith("Config"))
-    model_classes = [
-        getattr(package, name)
-        for name in package.__all__
-        if isinstance(getattr(package, name), type)
-        and issubclass(getattr(package, name), PreTrainedModel)
-        and not name.endswith("PreTrainedModel")
-    ]
-    if config_class.model_type in CONFIG_MAPPING_NAMES:
+    # The base model first, then the heads: a checkout's lazy module lists its names in no set order
+    model_classes = sorted(
+        (
+            getattr(package, name)
+            for name in package.__all__
+            if isinstance(getattr(package, name), type)
+            and issubclass(getattr(package, name), PreTrainedModel)
+            and not name.endswith("PreTrainedModel")
+        ),
+        key=lambda model_class: ("For" in model_class.__name__, model_class.__name__),
+    )
+    if config_class.model_type in CONFIG_MAPPING_NAMES and not package_name.startswith("transformers."):
         print(f"  warning model_type {config_class.model_type!r} is also registered by this Transformers release")
 
     with step(f"{config_class.__name__}(**tiny config)"):
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny-config", required=True, type=json.loads, help="config overrides, as JSON")
     args = parser.parse_args(argv)
 
+    # First on the path, so that a model inside a Transformers checkout imports that checkout's transformers
+    sys.path.insert(0, args.src)
     missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
     if missing:
         print(f"  skipped: {' and '.join(missing)} not installed in {sys.executable}")
@@ -100,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    print(f"  {sys.executable}: torch {torch.__version__}, transformers {transformers.__version__}")
-    sys.path.insert(0, args.src)
+    print(
+        f"  {sys.executable}: torch {torch.__version__}, transformers {transformers.__version__} ({transformers.__file__})"
+    )
     try:
         run(args.package, args.tiny_config)
     except Exception:

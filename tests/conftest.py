@@ -139,5 +139,5 @@ def import_rendered_package(project: Path, package_name: str):
         sys.path.remove(str(project / "src"))
 
 
-def ruff(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ruff", *args], capture_output=True, text=True)
+def ruff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ruff", *args], capture_output=True, text=True, cwd=cwd)

@@ -55,8 +55,9 @@ def make_tagged_template(template_dir: Path, repo: Path, rename_readme: bool = F
     git(repo, "tag", OLD)
 
     if rename_readme:
+        readme = "{% if not in_tree %}README.md{% endif %}.jinja"
         (repo / "template" / "docs").mkdir(exist_ok=True)
-        git(repo, "mv", "template/README.md.jinja", "template/docs/README.md.jinja")
+        git(repo, "mv", f"template/{readme}", f"template/docs/{readme}")
         if migration:
             registry = repo / "hooks" / "migrations" / "renames.yml"
             entry = "renames:\n  - version: 0.2.0\n    from: README.md\n    to: docs/README.md\n"

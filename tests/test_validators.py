@@ -55,6 +55,11 @@ BAD_ANSWERS = {
         {"family": "encoder-decoder", "heads": ["TokenClassification"]},
         "TokenClassification is not offered for the encoder-decoder family",
     ),
+    "unknown-layout": ({"layout": "monorepo"}, "layout"),
+    "black-isort-in-a-checkout": (
+        {"layout": "transformers", "formatter": "black+isort"},
+        "A Transformers checkout is formatted with ruff, its own formatter.",
+    ),
     "unknown-reused-tokenizer": (
         {"tokenizer": "reuse", "reused_tokenizer": "NoSuchTokenizer"},
         'reused_tokenizer "NoSuchTokenizer" is not a tokenizer class of the installed Transformers',

@@ -1,0 +1,428 @@
+"""The `transformers` layout: models generated into a Transformers checkout and registered where upstream lists them.
+
+The checkout is the release's sdist with the few files the tests need (tests/transformers_checkout.py says which and
+what upstream checks therefore cannot run). One checkout holds a model of each family, as several ports can share one.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+from pathlib import Path
+
+import copier
+import pytest
+import yaml
+
+from conftest import FAMILY_HEADS, REPO_ROOT, ruff
+from test_render_matrix import KNOB_COMBINATIONS, assert_clean_text
+from test_update import NEW, NEW_DOCSTRING, OLD, git, make_tagged_template
+from transformers_checkout import TOCTREE, add_common_tester_stand_ins, build_checkout, download_sdist
+
+REGISTER = REPO_ROOT / "hooks" / "register_in_tree.py"
+# family -> (model name, model type, tokenizer); every head of the family is generated
+MODELS = {
+    "decoder": ("PortedDecoder", "ported_decoder", "bpe"),
+    "encoder": ("PortedEncoder", "ported_encoder", "wordpiece"),
+    "encoder-decoder": ("PortedSeq2Seq", "ported_seq2seq", "reuse"),
+}
+REGISTRATION_FILES = [
+    "src/transformers/models/auto/auto_mappings.py",
+    "src/transformers/models/auto/modeling_auto.py",
+    "src/transformers/models/auto/tokenization_auto.py",
+    "src/transformers/models/__init__.py",
+    "docs/source/en/_toctree.yml",
+]
+
+
+def answers_for(family: str, **overrides) -> dict:
+    model_name, model_type, tokenizer = MODELS[family]
+    answers = {"layout": "transformers", "family": family, "model_name": model_name, "model_type": model_type}
+    return answers | {"heads": FAMILY_HEADS[family], "tokenizer": tokenizer} | overrides
+
+
+def copy_into(
+    template: Path, checkout: Path, answers: dict, vcs_ref: str | None = None
+) -> subprocess.CompletedProcess:
+    """`copier copy` as a user runs it, hooks included, with the output kept for the assertions."""
+    command = [sys.executable, "-m", "copier", "copy", "--trust", "--defaults", "--quiet"]
+    command += [
+        f"--data={name}={value if isinstance(value, str) else json.dumps(value)}" for name, value in answers.items()
+    ]
+    command += [f"--vcs-ref={vcs_ref}"] if vcs_ref else []
+    return subprocess.run([*command, str(template), str(checkout)], capture_output=True, text=True)
+
+
+def in_checkout(checkout: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run Python with the checkout's `transformers` first on the path, as `pip install -e` would."""
+    env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=checkout, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def transformers_sdist(request) -> Path:
+    version = importlib.metadata.version("transformers")
+    # pytest's cache folder keeps it: PyPI is needed once, later runs are offline
+    try:
+        return download_sdist(version, request.config.cache.mkdir("transformers-sdist"))
+    except subprocess.CalledProcessError as error:
+        pytest.skip(f"the transformers {version} sdist cannot be downloaded from PyPI: {error.stderr.strip()}")
+
+
+@pytest.fixture(scope="module")
+def checkout(template_dir, transformers_sdist, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A checkout with one model of each family copied in; returns it and each copy's output."""
+    checkout = build_checkout(transformers_sdist, tmp_path_factory.mktemp("checkout") / "transformers")
+    outputs = {}
+    for family in MODELS:
+        result = copy_into(template_dir, checkout, answers_for(family))
+        outputs[family] = result.stdout + result.stderr
+        assert result.returncode == 0, outputs[family]
+    return checkout, outputs
+
+
+TOKENIZERS = ["bpe", "wordpiece", "unigram", "reuse", "none"]
+
+
+def test_every_knob_combination_renders_clean_code_in_the_checkouts_style(render, transformers_sdist):
+    """Each knob combination with every head and with none, tokenizers in turn: parseable, clean, and ruff-clean and
+    formatting-stable under the checkout's own ruff configuration, before any hook runs."""
+    with tarfile.open(transformers_sdist) as archive:
+        member = next(name for name in archive.getnames() if name.count("/") == 1 and name.endswith("/pyproject.toml"))
+        checkout_configuration = archive.extractfile(member).read()
+    model_dirs = []
+    for index, knobs in enumerate(KNOB_COMBINATIONS):
+        for heads in (FAMILY_HEADS[knobs["family"]], []):
+            answers = {**knobs, "layout": "transformers", "heads": heads, "model_name": "TreeMatrix"}
+            tokenizer = TOKENIZERS[(index * 2 + len(heads)) % len(TOKENIZERS)]
+            destination = render(answers | {"tokenizer": tokenizer}, name="tree-matrix")
+            (destination / "pyproject.toml").write_bytes(checkout_configuration)
+            assert_clean_text(destination)
+            model_dirs += [
+                destination / "src/transformers/models/tree_matrix",
+                destination / "tests/models/tree_matrix",
+            ]
+    check = ruff("check", "--no-cache", *map(str, model_dirs))
+    assert check.returncode == 0, check.stdout
+    formatting = ruff("format", "--check", "--no-cache", *map(str, model_dirs))
+    assert formatting.returncode == 0, formatting.stdout
+
+
+def mapping_keys(text: str, name: str) -> list[str]:
+    block = re.search(rf"^{name}\s*=\s*OrderedDict[^\n]*\n(.*?)^    \]", text, re.MULTILINE | re.DOTALL).group(1)
+    return re.findall(r'^\s+\("([^"]+)",', block, re.MULTILINE)
+
+
+def test_copy_registers_formats_and_smoke_tests_each_model(checkout):
+    root, outputs = checkout
+    for family, output in outputs.items():
+        model_name, model_type, _ = MODELS[family]
+        assert "registration refused" not in output and "smoke test passed" in output, output
+        assert (root / ".copier" / f"{model_type}.yml").is_file()
+        answers = yaml.safe_load((root / ".copier" / f"{model_type}.yml").read_text(encoding="utf-8"))
+        assert answers["model_type"] == model_type and answers["layout"] == "transformers"
+        for path in (
+            f"src/transformers/models/{model_type}/modeling_{model_type}.py",
+            f"tests/models/{model_type}/__init__.py",
+            f"tests/models/{model_type}/test_modeling_{model_type}.py",
+            f"docs/source/en/model_doc/{model_type}.md",
+        ):
+            assert (root / path).is_file(), path
+        # Nothing of the package layout lands in the checkout
+        for package_file in ("pyproject.toml", "README.md", ".gitignore", "notebooks", "PORTING_GUIDE.md"):
+            assert git(root, "status", "--porcelain", "--", package_file) == ""
+    model_dirs = [f"src/transformers/models/{model_type}" for _, model_type, _ in MODELS.values()]
+    test_dirs = [f"tests/models/{model_type}" for _, model_type, _ in MODELS.values()]
+    check = ruff("check", "--no-cache", *model_dirs, *test_dirs, cwd=root)
+    assert check.returncode == 0, check.stdout
+    assert ruff("format", "--check", "--no-cache", *model_dirs, *test_dirs, cwd=root).returncode == 0
+
+
+def test_registration_inserts_one_entry_per_place_in_sort_order_and_nothing_else(checkout):
+    root, _ = checkout
+    auto = root / "src/transformers/models/auto"
+    for family in MODELS:
+        model_name, model_type, _ = MODELS[family]
+        mappings = {"auto_mappings.py": ["CONFIG_MAPPING_NAMES"], "tokenization_auto.py": ["TOKENIZER_MAPPING_NAMES"]}
+        mappings["modeling_auto.py"] = ["MODEL_MAPPING_NAMES"] + [
+            {"ConditionalGeneration": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"}.get(
+                head, "MODEL_FOR_" + re.sub(r"(?<=[a-z])(?=[A-Z])", "_", head).upper() + "_MAPPING_NAMES"
+            )
+            for head in FAMILY_HEADS[family]
+        ]
+        for file_name, names in mappings.items():
+            text = (auto / file_name).read_text(encoding="utf-8")
+            for name in names:
+                keys = mapping_keys(text, name)
+                assert keys.count(model_type) == 1, (file_name, name)
+                position = keys.index(model_type)
+                assert keys[position - 1] < model_type < keys[position + 1], (name, keys[position - 1 : position + 2])
+        models_init = (root / "src/transformers/models/__init__.py").read_text(encoding="utf-8")
+        assert models_init.count(f"    from .{model_type} import *\n") == 1
+        toctree = yaml.safe_load((root / "docs/source/en/_toctree.yml").read_text(encoding="utf-8"))
+        text_models = next(s for s in toctree[1]["sections"][0]["sections"] if s["title"] == "Text models")["sections"]
+        assert {"local": f"model_doc/{model_type}", "title": model_name} in text_models
+        titles = [entry["title"].lower() for entry in text_models]
+        assert titles == sorted(titles)
+
+    # Only added lines, each naming one of the models
+    diff = git(root, "diff", "--unified=0", "--", *REGISTRATION_FILES)
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert changed and all(line.startswith("+") for line in changed)
+    model_types = [model_type for _, model_type, _ in MODELS.values()]
+    assert all(any(model_type in line for model_type in model_types) or "title:" in line for line in changed)
+
+
+def test_registering_again_changes_nothing(checkout):
+    root, _ = checkout
+    before = {name: (root / name).read_bytes() for name in REGISTRATION_FILES}
+    for family in MODELS:
+        registration = {
+            "model_type": MODELS[family][1],
+            "config_class": f"{MODELS[family][0]}Config",
+            "title": MODELS[family][0],
+            "model_classes": {f"{MODELS[family][0]}Model": "AutoModel"},
+            "tokenizer_class": "",
+        }
+        result = subprocess.run(
+            [sys.executable, str(REGISTER), f"--registration={json.dumps(registration)}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0 and "already registered everywhere" in result.stdout, result.stdout
+    assert {name: (root / name).read_bytes() for name in REGISTRATION_FILES} == before
+
+
+def test_the_checkout_builds_every_model_and_tokenizer_through_the_auto_classes(checkout):
+    root, _ = checkout
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import transformers
+        from transformers import AutoConfig
+        from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+        models = json.loads(sys.argv[1])
+        assert transformers.__file__.startswith(sys.argv[2]), transformers.__file__
+        for model_type, (model_name, classes, tokenizer) in models.items():
+            tiny = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_attention_heads=4)
+            config = AutoConfig.for_model(model_type, **tiny, **({"num_key_value_heads": 2} if "decoder" in model_type else {}))
+            assert type(config).__name__ == model_name + "Config", type(config)
+            for class_name, auto_class in classes.items():
+                model = getattr(transformers, auto_class).from_config(config)
+                assert type(model).__name__ == class_name, (auto_class, type(model))
+                assert type(model).__module__ == f"transformers.models.{model_type}.modeling_{model_type}"
+            assert TOKENIZER_MAPPING[type(config)] is getattr(transformers, tokenizer), TOKENIZER_MAPPING[type(config)]
+        print("ok")
+        """
+    )
+    models = {}
+    for family, (model_name, model_type, tokenizer) in MODELS.items():
+        classes = {f"{model_name}Model": "AutoModel"}
+        for head in FAMILY_HEADS[family]:
+            auto_class = "AutoModelForSeq2SeqLM" if head == "ConditionalGeneration" else f"AutoModelFor{head}"
+            classes[f"{model_name}For{head}"] = auto_class
+        tokenizer_class = {"reuse": "BartTokenizer"}.get(tokenizer, f"{model_name}Tokenizer")
+        models[model_type] = (model_name, classes, tokenizer_class)
+    result = in_checkout(root, script, json.dumps(models), str(root))
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_generated_tests_pass_with_upstreams_common_testers_where_the_checkout_has_them(checkout):
+    root, _ = checkout
+    env = {**os.environ, "PYTHONPATH": "src", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    pytest_command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "log_cli=false", "-W", "ignore"]
+    decoder_tests = f"tests/models/{MODELS['decoder'][1]}"
+
+    # The sdist lacks the helpers upstream's testers import: the mixin-based class says so and is skipped
+    result = subprocess.run(
+        [*pytest_command, "-rs", decoder_tests, "-k", "ModelTest"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+    assert "Transformers' common testers cannot run here: No module named 'tests." in result.stdout
+
+    add_common_tester_stand_ins(root)
+    for _, model_type, _ in MODELS.values():
+        result = subprocess.run(
+            [*pytest_command, "-v", f"tests/models/{model_type}"], cwd=root, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout[-5000:]
+        common_passed = re.findall(r"ModelTest::test_\w+ PASSED", result.stdout)
+        assert len(common_passed) > 80, f"{model_type}: only {len(common_passed)} of upstream's common tests passed"
+        assert "ModelTest::test_config PASSED" in result.stdout
+
+
+# Upstream's newer layout of the same sections: each section's title after its entries, sections side by side
+TOCTREE_WITH_TITLES_LAST = """\
+- sections:
+  - isExpanded: false
+    sections:
+    - local: model_doc/albert
+      title: ALBERT
+    - local: model_doc/yoso
+      title: YOSO
+    title: Text models
+  - isExpanded: false
+    sections:
+    - local: model_doc/vit
+      title: ViT
+    title: Vision models
+  title: Models
+"""
+
+
+def test_the_docs_entry_joins_the_text_models_in_title_order_whichever_way_the_toctree_is_laid_out():
+    spec = importlib.util.spec_from_file_location("register_in_tree", REGISTER)
+    register_in_tree = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(register_in_tree)
+    for toctree, section_path in ((TOCTREE_WITH_TITLES_LAST, (0, 0)), (TOCTREE, (1, 0, 0))):
+        lines = toctree.splitlines()
+        insertion = register_in_tree.plan_toctree(lines, "ported_model", "PortedModel")
+        lines[insertion.index : insertion.index] = insertion.text.split("\n")
+        section = yaml.safe_load("\n".join(lines))[section_path[0]]
+        for index in section_path[1:]:
+            section = section["sections"][index]
+        assert section["title"] == "Text models"
+        titles = [entry["title"] for entry in section["sections"]]
+        assert "PortedModel" in titles and titles == sorted(titles, key=str.lower)
+        assert register_in_tree.plan_toctree(lines, "ported_model", "PortedModel") is None
+
+
+def test_a_destination_that_is_not_a_checkout_is_refused(template_dir, tmp_path):
+    destination = tmp_path / "somewhere"
+    destination.mkdir()
+    (destination / "notes.txt").write_text("mine\n", encoding="utf-8")
+
+    result = copy_into(template_dir, destination, answers_for("decoder", smoke_test=False))
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "registration refused, nothing was changed" in output and "is not a Transformers source checkout" in output
+    assert (destination / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+    assert "format:" not in output  # it stops before formatting
+
+
+def registration_files_copy(checkout: Path, destination: Path) -> Path:
+    """Just the files the registration reads, in a folder `nobody` can enter."""
+    for name in REGISTRATION_FILES:
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkout / name, destination / name)
+    return destination
+
+
+REGISTRATION = {
+    "model_type": "another_port",
+    "config_class": "AnotherPortConfig",
+    "title": "AnotherPort",
+    "model_classes": {"AnotherPortModel": "AutoModel", "AnotherPortForCausalLM": "AutoModelForCausalLM"},
+    "tokenizer_class": "AnotherPortTokenizer",
+}
+
+
+def run_register(root: Path, interpreter: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*interpreter, str(REGISTER), f"--registration={json.dumps(REGISTRATION)}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_a_model_type_registered_for_another_model_is_refused_before_any_change(checkout, tmp_path):
+    root = registration_files_copy(checkout[0], tmp_path)
+    auto_mappings = root / REGISTRATION_FILES[0]
+    taken = auto_mappings.read_text(encoding="utf-8").replace(
+        '        ("bert", "BertConfig"),\n',
+        '        ("another_port", "SomeoneElsesConfig"),\n        ("bert", "BertConfig"),\n',
+    )
+    auto_mappings.write_text(taken, encoding="utf-8")
+    before = {name: (root / name).read_bytes() for name in REGISTRATION_FILES}
+
+    result = run_register(root, [sys.executable])
+
+    assert result.returncode == 6
+    assert 'model type "another_port" is already in CONFIG_MAPPING_NAMES' in result.stdout
+    assert "SomeoneElsesConfig" in result.stdout
+    assert {name: (root / name).read_bytes() for name in REGISTRATION_FILES} == before
+
+
+def test_a_read_only_registration_file_is_refused_before_any_change(checkout):
+    if os.geteuid() == 0:
+        setpriv, system_python = shutil.which("setpriv"), Path("/usr/bin/python3")
+        if setpriv is None or not system_python.exists():
+            pytest.skip("running as root without setpriv or /usr/bin/python3: read-only files cannot be simulated")
+        interpreter = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(system_python)]
+    else:
+        interpreter = [sys.executable]
+    root = registration_files_copy(checkout[0], Path(tempfile.mkdtemp()))  # outside root's private pytest folder
+    try:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o777 if path.is_dir() else 0o666)
+        (root / "src/transformers/models/auto/modeling_auto.py").chmod(0o444)
+        before = {name: (root / name).read_bytes() for name in REGISTRATION_FILES}
+
+        result = run_register(root, interpreter)
+
+        assert result.returncode == 6, result.stdout + result.stderr
+        assert "cannot write src/transformers/models/auto/modeling_auto.py" in result.stdout
+        assert {name: (root / name).read_bytes() for name in REGISTRATION_FILES} == before
+    finally:
+        shutil.rmtree(root)
+
+
+def test_update_with_the_models_answers_file_keeps_edits_and_registers_new_heads(
+    template_dir, transformers_sdist, tmp_path
+):
+    template = make_tagged_template(template_dir, tmp_path / "template")
+    checkout = build_checkout(transformers_sdist, tmp_path / "transformers")
+    model_type = MODELS["decoder"][1]
+    for family in ("decoder", "encoder"):
+        answers = answers_for(family, heads=FAMILY_HEADS[family][:1], smoke_test=False)
+        result = copy_into(template, checkout, answers, vcs_ref=OLD)
+        assert result.returncode == 0, result.stdout + result.stderr
+    modeling = checkout / f"src/transformers/models/{model_type}/modeling_{model_type}.py"
+    user_line = "# Ported from the paper's section 3.2; the gate comes first."
+    modeling.write_text(
+        modeling.read_text(encoding="utf-8").replace("\n\nimport torch\n", f"\n\n{user_line}\nimport torch\n", 1),
+        encoding="utf-8",
+    )
+    git(checkout, "add", "--all")
+    git(checkout, "commit", "--quiet", "-m", "two ported models, one edit")
+    encoder_files = {
+        path: path.read_bytes() for path in (checkout / "src/transformers/models" / MODELS["encoder"][1]).iterdir()
+    }
+
+    copier.run_update(
+        checkout,
+        answers_file=f".copier/{model_type}.yml",
+        vcs_ref=NEW,
+        data={"heads": FAMILY_HEADS["decoder"][:2]},
+        defaults=True,
+        overwrite=True,
+        unsafe=True,
+        quiet=True,
+    )
+
+    text = modeling.read_text(encoding="utf-8")
+    assert user_line in text and NEW_DOCSTRING.replace("BrandNewBert", MODELS["decoder"][0]) in text
+    assert f"class {MODELS['decoder'][0]}ForSequenceClassification" in text
+    classification = mapping_keys(
+        (checkout / "src/transformers/models/auto/modeling_auto.py").read_text(encoding="utf-8"),
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    )
+    assert model_type in classification
+    answers = yaml.safe_load((checkout / ".copier" / f"{model_type}.yml").read_text(encoding="utf-8"))
+    assert answers["_commit"] == NEW
+    other_answers = yaml.safe_load((checkout / ".copier" / f"{MODELS['encoder'][1]}.yml").read_text(encoding="utf-8"))
+    assert other_answers["_commit"] == OLD
+    assert {path: path.read_bytes() for path in encoder_files} == encoder_files
