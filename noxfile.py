@@ -19,8 +19,10 @@ LINT_TOOLS = ["ruff>=0.15", "black>=25", "isort>=6"]
 
 # The oldest Copier that copier.yml's _min_copier_version admits; the `min_copier` session tests it.
 MIN_COPIER = "9.18.0"
+# The Transformers release QEfficient's main branch pins: a decoder with QEfficient files must run on it too.
+QEFFICIENT_TRANSFORMERS = "5.5.4"
 
-nox.options.sessions = ["lint", "tests", "min_copier"]
+nox.options.sessions = ["lint", "tests", "min_copier", "qefficient_pin"]
 nox.options.reuse_venv = "yes"
 
 
@@ -65,8 +67,24 @@ def min_copier(session: nox.Session) -> None:
     """The update, hook and validator tests with the oldest supported Copier (the `tests` session has the newest)."""
     session.install("-r", str(REQUIREMENTS), f"copier=={MIN_COPIER}")
     targets = ["tests/test_update.py", "tests/test_hooks.py", "tests/test_validators.py"]
-    targets.append("tests/test_in_tree.py::test_update_with_the_models_answers_file_keeps_edits_and_registers_new_heads")
+    targets.append(
+        "tests/test_in_tree.py::test_update_with_the_models_answers_file_keeps_edits_and_registers_new_heads"
+    )
     session.run("python", "-m", "pytest", *(session.posargs or targets))
+
+
+@nox.session
+def qefficient_pin(session: nox.Session) -> None:
+    """The QEfficient tests (generated decoder and its QEff classes) under the Transformers that QEfficient pins."""
+    session.install(
+        "-c",
+        str(CONSTRAINTS),
+        f"transformers=={QEFFICIENT_TRANSFORMERS}",
+        *["torch", "safetensors", "copier>=9.18,<10", "pytest>=8", "pyyaml>=6", "ruff>=0.15"],
+    )
+    check = f"import transformers; assert transformers.__version__ == {QEFFICIENT_TRANSFORMERS!r}, transformers.__version__"
+    session.run("python", "-c", check)
+    session.run("python", "-m", "pytest", *(session.posargs or ["tests/test_qefficient.py"]))
 
 
 @nox.session(venv_backend="none")

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import textwrap
 from pathlib import Path
 
 import copier
@@ -203,29 +202,30 @@ def test_registering_again_changes_nothing(checkout):
     assert {name: (root / name).read_bytes() for name in REGISTRATION_FILES} == before
 
 
+# Run with the checkout first on the path: every model through the Auto classes, and its tokenizer mapping
+AUTO_CLASSES_SCRIPT = """
+import json, sys
+import transformers
+from transformers import AutoConfig
+from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+models = json.loads(sys.argv[1])
+assert transformers.__file__.startswith(sys.argv[2]), transformers.__file__
+for model_type, (model_name, classes, tokenizer) in models.items():
+    tiny = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_attention_heads=4)
+    config = AutoConfig.for_model(model_type, **tiny, **({"num_key_value_heads": 2} if "decoder" in model_type else {}))
+    assert type(config).__name__ == model_name + "Config", type(config)
+    for class_name, auto_class in classes.items():
+        model = getattr(transformers, auto_class).from_config(config)
+        assert type(model).__name__ == class_name, (auto_class, type(model))
+        assert type(model).__module__ == f"transformers.models.{model_type}.modeling_{model_type}"
+    assert TOKENIZER_MAPPING[type(config)] is getattr(transformers, tokenizer), TOKENIZER_MAPPING[type(config)]
+print("ok")
+"""
+
+
 def test_the_checkout_builds_every_model_and_tokenizer_through_the_auto_classes(checkout):
     root, _ = checkout
-    script = textwrap.dedent(
-        """
-        import json, sys
-        import transformers
-        from transformers import AutoConfig
-        from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
-
-        models = json.loads(sys.argv[1])
-        assert transformers.__file__.startswith(sys.argv[2]), transformers.__file__
-        for model_type, (model_name, classes, tokenizer) in models.items():
-            tiny = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_attention_heads=4)
-            config = AutoConfig.for_model(model_type, **tiny, **({"num_key_value_heads": 2} if "decoder" in model_type else {}))
-            assert type(config).__name__ == model_name + "Config", type(config)
-            for class_name, auto_class in classes.items():
-                model = getattr(transformers, auto_class).from_config(config)
-                assert type(model).__name__ == class_name, (auto_class, type(model))
-                assert type(model).__module__ == f"transformers.models.{model_type}.modeling_{model_type}"
-            assert TOKENIZER_MAPPING[type(config)] is getattr(transformers, tokenizer), TOKENIZER_MAPPING[type(config)]
-        print("ok")
-        """
-    )
     models = {}
     for family, (model_name, model_type, tokenizer) in MODELS.items():
         classes = {f"{model_name}Model": "AutoModel"}
@@ -234,7 +234,7 @@ def test_the_checkout_builds_every_model_and_tokenizer_through_the_auto_classes(
             classes[f"{model_name}For{head}"] = auto_class
         tokenizer_class = {"reuse": "BartTokenizer"}.get(tokenizer, f"{model_name}Tokenizer")
         models[model_type] = (model_name, classes, tokenizer_class)
-    result = in_checkout(root, script, json.dumps(models), str(root))
+    result = in_checkout(root, AUTO_CLASSES_SCRIPT, json.dumps(models), str(root))
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 

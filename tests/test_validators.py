@@ -60,6 +60,22 @@ BAD_ANSWERS = {
         {"layout": "transformers", "formatter": "black+isort"},
         "A Transformers checkout is formatted with ruff, its own formatter.",
     ),
+    "qefficient-on-an-encoder": (
+        {"family": "encoder", "qefficient": True},
+        "QEfficient onboarding is generated for the decoder family only.",
+    ),
+    "qefficient-in-a-checkout": (
+        {"layout": "transformers", "qefficient": True},
+        "QEfficient onboarding is generated for the package layout only.",
+    ),
+    "qefficient-without-rotary": (
+        {"position_embedding": "learned", "qefficient": True},
+        "choose position_embedding rope",
+    ),
+    "qefficient-without-causal-lm": (
+        {"heads": ["SequenceClassification"], "qefficient": True},
+        "add the CausalLM head",
+    ),
     "unknown-reused-tokenizer": (
         {"tokenizer": "reuse", "reused_tokenizer": "NoSuchTokenizer"},
         'reused_tokenizer "NoSuchTokenizer" is not a tokenizer class of the installed Transformers',
