@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import importlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import copier
@@ -119,8 +122,10 @@ def render(template_dir, tmp_path_factory) -> Render:
 
 
 def run_generated_tests(project: Path, *pytest_args: str) -> subprocess.CompletedProcess:
-    """Run a generated project's own test suite with the interpreter running this one."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    """Run a generated project's own test suite with the interpreter running this one.
+
+    One torch thread: the tiny models gain nothing from more, and two suites can then share two cores."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
         cwd=project,
@@ -128,6 +133,31 @@ def run_generated_tests(project: Path, *pytest_args: str) -> subprocess.Complete
         capture_output=True,
         text=True,
     )
+
+
+def run_generated_test_suites(projects: dict[str, Path]) -> dict[str, subprocess.CompletedProcess]:
+    """Each project's own test suite, two at a time (each runs in its own process)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = {name: pool.submit(run_generated_tests, project) for name, project in projects.items()}
+        return {name: result.result() for name, result in results.items()}
+
+
+@contextlib.contextmanager
+def captured_output_of_subprocesses() -> Iterator[list[str]]:
+    """What child processes write to this process's stdout (Copier's tasks inherit it), as one string."""
+    output: list[str] = []
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield output
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            output.append(sink.read().decode(errors="replace"))
 
 
 def import_rendered_package(project: Path, package_name: str):

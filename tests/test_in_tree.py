@@ -6,6 +6,7 @@ what upstream checks therefore cannot run). One checkout holds a model of each f
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.metadata
 import importlib.util
 import json
@@ -252,10 +253,16 @@ def test_generated_tests_pass_with_upstreams_common_testers_where_the_checkout_h
     assert "Transformers' common testers cannot run here: No module named 'tests." in result.stdout
 
     add_common_tester_stand_ins(root)
-    for _, model_type, _ in MODELS.values():
-        result = subprocess.run(
-            [*pytest_command, "-v", f"tests/models/{model_type}"], cwd=root, env=env, capture_output=True, text=True
-        )
+
+    def run_model_tests(model_type: str) -> subprocess.CompletedProcess:
+        command = [*pytest_command, "-v", f"tests/models/{model_type}"]
+        # One torch thread each, two models at a time
+        return subprocess.run(command, cwd=root, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+
+    model_types = [model_type for _, model_type, _ in MODELS.values()]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(model_types, pool.map(run_model_tests, model_types), strict=True))
+    for model_type, result in results.items():
         assert result.returncode == 0, result.stdout[-5000:]
         common_passed = re.findall(r"ModelTest::test_\w+ PASSED", result.stdout)
         assert len(common_passed) > 80, f"{model_type}: only {len(common_passed)} of upstream's common tests passed"

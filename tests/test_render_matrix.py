@@ -16,8 +16,10 @@ from conftest import (
     ANSWER_SETS,
     FAMILY_HEADS,
     FAMILY_KNOBS,
+    captured_output_of_subprocesses,
     load_answer_set,
     ruff,
+    run_generated_test_suites,
     run_generated_tests,
 )
 
@@ -81,10 +83,13 @@ def test_every_family_knob_and_head_combination_renders_clean_code(render):
     assert_ruff_clean(*projects)
 
 
-def assert_generated_tests_pass(project: Path) -> None:
-    result = run_generated_tests(project)
+def assert_suite_passed(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def assert_generated_tests_pass(project: Path) -> None:
+    assert_suite_passed(run_generated_tests(project))
 
 
 def with_value_knobs(index: int, knobs: dict) -> dict:
@@ -96,26 +101,37 @@ def with_value_knobs(index: int, knobs: dict) -> dict:
     return knobs
 
 
-@pytest.mark.parametrize(
-    "knobs",
-    [with_value_knobs(index, knobs) for index, knobs in enumerate(KNOB_COMBINATIONS)],
-    ids=combination_id,
-)
-def test_every_knob_combination_with_every_head_smoke_tests_and_passes_its_own_tests(render, knobs, capfd):
-    answers = {
-        **knobs,
-        "heads": FAMILY_HEADS[knobs["family"]],
-        "model_name": "KnobMatrix",
-        "package_name": "knob_matrix",
-    }
-    project = render(answers, name="knob-matrix", tasks=True)
-    hook_output = capfd.readouterr().out
+KNOB_MATRIX = {combination_id(knobs): with_value_knobs(index, knobs) for index, knobs in enumerate(KNOB_COMBINATIONS)}
+
+
+@pytest.fixture(scope="module")
+def knob_matrix(render) -> dict[str, tuple[Path, str, subprocess.CompletedProcess]]:
+    """Every knob combination with every head, copied with the hook (one after another, each hook's output kept),
+    then each project's own test suite (two at a time): {combination: (project, hook output, suite result)}."""
+    projects, hook_outputs = {}, {}
+    for name, knobs in KNOB_MATRIX.items():
+        answers = {
+            **knobs,
+            "heads": FAMILY_HEADS[knobs["family"]],
+            "model_name": "KnobMatrix",
+            "package_name": "knob_matrix",
+        }
+        with captured_output_of_subprocesses() as output:
+            projects[name] = render(answers, name="knob-matrix", tasks=True)
+        hook_outputs[name] = output[0]
+    suites = run_generated_test_suites(projects)
+    return {name: (projects[name], hook_outputs[name], suites[name]) for name in KNOB_MATRIX}
+
+
+@pytest.mark.parametrize("combination", list(KNOB_MATRIX))
+def test_every_knob_combination_with_every_head_smoke_tests_and_passes_its_own_tests(knob_matrix, combination):
+    project, hook_output, suite = knob_matrix[combination]
     assert "smoke test passed" in hook_output, hook_output
-    for head in FAMILY_HEADS[knobs["family"]]:
+    for head in FAMILY_HEADS[KNOB_MATRIX[combination]["family"]]:
         assert f"ok      forward KnobMatrixFor{head}" in hook_output
     assert_clean_text(project)
     assert_ruff_clean(project)
-    assert_generated_tests_pass(project)
+    assert_suite_passed(suite)
 
 
 NAMES_OF_24_CHARACTERS = {"model_name": "A" + "b" * 23, "model_type": "a" * 24, "package_name": "p" * 24}
@@ -143,16 +159,25 @@ def test_longest_names_come_out_formatted_after_the_hook(render, family):
     assert_generated_tests_pass(project)
 
 
+@pytest.fixture(scope="module")
+def answer_set_projects(render) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Every answer set rendered, then each project's own test suite (two at a time)."""
+    projects = {}
+    for answer_set in ANSWER_SETS:
+        answers = load_answer_set(answer_set)
+        # The formatter hook is what makes black+isort output black-formatted, so that set runs the tasks.
+        projects[answer_set] = render(answers, name=answer_set, tasks=answers.get("formatter") == "black+isort")
+    suites = run_generated_test_suites(projects)
+    return {answer_set: (projects[answer_set], suites[answer_set]) for answer_set in ANSWER_SETS}
+
+
 @pytest.mark.parametrize("answer_set", ANSWER_SETS)
-def test_answer_set_renders_clean_and_passes_its_own_tests(render, answer_set):
-    answers = load_answer_set(answer_set)
-    # The formatter hook is what makes black+isort output black-formatted, so that set runs the tasks.
-    with_tasks = answers.get("formatter") == "black+isort"
-    project = render(answers, name=answer_set, tasks=with_tasks)
+def test_answer_set_renders_clean_and_passes_its_own_tests(answer_set_projects, answer_set):
+    project, suite = answer_set_projects[answer_set]
     assert_clean_text(project)
     check = ruff("check", "--no-cache", str(project))
     assert check.returncode == 0, check.stdout
-    if with_tasks:
+    if load_answer_set(answer_set).get("formatter") == "black+isort":
         for tool in ("black", "isort"):
             result = subprocess.run(
                 [sys.executable, "-m", tool, "--check", "."], cwd=project, capture_output=True, text=True
@@ -160,7 +185,7 @@ def test_answer_set_renders_clean_and_passes_its_own_tests(render, answer_set):
             assert result.returncode == 0, f"{tool}: {result.stdout}{result.stderr}"
     else:
         assert_ruff_clean(project)
-    assert_generated_tests_pass(project)
+    assert_suite_passed(suite)
 
 
 @pytest.mark.parametrize("family", list(FAMILY_KNOBS))
