@@ -31,7 +31,6 @@ STRICT_VARIABLE = "COPIER_TRANSFORMERS_MODEL_STRICT"
 SMOKE_FAILED, CONFLICTS, SMOKE_SKIPPED, FORMAT_FAILED, GIT_FAILED = 1, 2, 3, 4, 5
 
 Problem = tuple[int, str]
-REFUSAL = "the checkout does not register the model"
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = check_project(args.formatter, project, args.smoke_test == "true", args.tiny_config)
     if project.in_tree:
         # The checkout is the user's repository: committing is theirs to do, on their branch
-        if (REFUSED, REFUSAL) not in problems:
+        if not any(status == REFUSED for status, _ in problems):
             say("git: commit the model's files on your branch before any `copier update`")
     elif not make_git_repository():
         problems.append((GIT_FAILED, "the project is not under git"))
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 def check_project(formatter: str, project: Project, smoke: bool, tiny_config: dict) -> list[Problem]:
     """Register (in a checkout), format, then smoke-test: the steps after a copy and after a clean update."""
     if project.in_tree and register(project.registration) == REFUSED:
-        return [(REFUSED, REFUSAL)]
+        return [(REFUSED, "the checkout does not register the model")]
     python = user_python()
     interpreters = [sys.executable] + ([python] if python else [])
     paths = [str(path) for path in (project.source_dir, project.tests_dir) if path.exists()]

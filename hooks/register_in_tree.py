@@ -162,47 +162,28 @@ def plan(registration: dict) -> list[Insertion]:
             texts[path] = path.read_text(encoding="utf-8").splitlines()
         return texts[path]
 
+    def entry(path: Path, mapping: str, value: str) -> Insertion | None:
+        return plan_mapping_entry(lines_of(path), path, mapping, model_type, value)
+
+    # The file whose CONFIG_MAPPING_NAMES is the literal list (5.23's configuration_auto.py only extends it)
     config_file = next(
         (
             path
             for path in CONFIG_MAPPING_FILES
-            if path.is_file()
-            and re.search(
-                r"^CONFIG_MAPPING_NAMES\s*=\s*OrderedDict\(\s*\[", path.read_text(encoding="utf-8"), re.MULTILINE
-            )
+            if path.is_file() and "CONFIG_MAPPING_NAMES = OrderedDict(" in lines_of(path)
         ),
         None,
     )
     if config_file is None:
         raise Refusal(f"no CONFIG_MAPPING_NAMES list in {' or '.join(map(str, CONFIG_MAPPING_FILES))}")
-    planned = [
-        plan_mapping_entry(
-            lines_of(config_file), config_file, "CONFIG_MAPPING_NAMES", model_type, f'"{registration["config_class"]}"'
-        )
-    ]
-    if "MODEL_NAMES_MAPPING = OrderedDict(" in "\n".join(lines_of(config_file)):
-        planned.append(
-            plan_mapping_entry(
-                lines_of(config_file), config_file, "MODEL_NAMES_MAPPING", model_type, f'"{registration["title"]}"'
-            )
-        )
+    planned = [entry(config_file, "CONFIG_MAPPING_NAMES", f'"{registration["config_class"]}"')]
+    if "MODEL_NAMES_MAPPING = OrderedDict(" in lines_of(config_file):
+        planned.append(entry(config_file, "MODEL_NAMES_MAPPING", f'"{registration["title"]}"'))
     for model_class, auto_class in registration["model_classes"].items():
-        planned.append(
-            plan_mapping_entry(
-                lines_of(MODELING_AUTO),
-                MODELING_AUTO,
-                MAPPING_OF_AUTO_CLASS[auto_class],
-                model_type,
-                f'"{model_class}"',
-            )
-        )
+        planned.append(entry(MODELING_AUTO, MAPPING_OF_AUTO_CLASS[auto_class], f'"{model_class}"'))
     if registration["tokenizer_class"]:
         value = f'"{registration["tokenizer_class"]}" if is_tokenizers_available() else None'
-        planned.append(
-            plan_mapping_entry(
-                lines_of(TOKENIZATION_AUTO), TOKENIZATION_AUTO, "TOKENIZER_MAPPING_NAMES", model_type, value
-            )
-        )
+        planned.append(entry(TOKENIZATION_AUTO, "TOKENIZER_MAPPING_NAMES", value))
     planned.append(plan_models_init(lines_of(MODELS_INIT), model_type))
     if TOCTREE.is_file():
         planned.append(plan_toctree(lines_of(TOCTREE), model_type, registration["title"]))
