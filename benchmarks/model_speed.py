@@ -4,9 +4,13 @@
     python benchmarks/model_speed.py memory --family decoder --converted DIR --original DIR --attn sdpa \\
         --task forward --which generated
 
-`time` loads both models and alternates them call by call, so that both see the same machine state; `memory`
-loads one and reports its peak resident memory while running the task (a process has one peak, hence one model
-per process; Linux only).
+`time` loads both models and alternates them call by call (ABBA order), so that both see the same machine state;
+with `--weights fresh` (the default) it first copies every weight into newly allocated memory, see
+`move_to_fresh_memory`. `memory` loads one model and reports its peak resident memory while running the task (a
+process has one peak, hence one model per process; Linux only).
+
+`--package` and `--generated-class` name the class loaded from `--converted`; the layout control of bench.py
+passes a Transformers class there to time the twin against a copy of itself.
 """
 
 from __future__ import annotations
@@ -40,11 +44,28 @@ def load_models(args: argparse.Namespace, which: list[str]) -> dict[str, torch.n
         generated_class = getattr(package, args.generated_class)
         model = generated_class.from_pretrained(args.converted, attn_implementation=args.attn).eval()
         # The encoder is compared base model to base model (BertModel), the others head to head
-        models["generated"] = model.model if twin_part else model
+        models["generated"] = model.base_model if twin_part else model
     if "twin" in which:
         model = getattr(transformers, twin_class).from_pretrained(args.original, attn_implementation=args.attn).eval()
-        models["twin"] = getattr(model, twin_part) if twin_part else model
+        models["twin"] = model.base_model if twin_part else model
     return models
+
+
+def move_to_fresh_memory(model: torch.nn.Module) -> None:
+    """Copy every weight out of the memory-mapped checkpoint into newly allocated memory, in module order.
+
+    `from_pretrained` leaves the weights mapped from the safetensors file, at byte offsets that follow from the tensor
+    names and the header's length. On CPU the same model at another offset runs several percent faster or slower
+    (the layout control of BENCHMARKS.md). Fresh allocations of the same sizes in the same order give the two models
+    the same layout, so that their ratio compares the models rather than their files.
+    """
+    with torch.no_grad():
+        for parameter in model.parameters():  # tied weights are one parameter: they stay tied
+            parameter.data = parameter.data.clone()
+        for module in model.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[name] = buffer.clone()
 
 
 def task_inputs(args: argparse.Namespace, vocab_size: int) -> dict[str, torch.Tensor]:
@@ -65,6 +86,9 @@ def run_task(model: torch.nn.Module, task: str, inputs: dict[str, torch.Tensor])
 
 def measure_time(args: argparse.Namespace) -> dict:
     models = load_models(args, ["generated", "twin"])
+    if args.weights == "fresh":
+        for model in models.values():
+            move_to_fresh_memory(model)
     inputs = task_inputs(args, models["twin"].config.vocab_size)
     outputs = {name: run_task(model, args.task, inputs) for name, model in models.items()}  # warm-up
     if args.task == "forward":
@@ -72,8 +96,10 @@ def measure_time(args: argparse.Namespace) -> dict:
     else:
         difference = float((outputs["generated"] != outputs["twin"]).sum().item())
     times = {name: [] for name in models}
-    for _ in range(args.repeats):
-        for name, model in models.items():
+    for repeat in range(args.repeats):
+        # ABBA: neither model always runs right after the other
+        order = list(models.items()) if repeat % 2 == 0 else list(models.items())[::-1]
+        for name, model in order:
             started = time.perf_counter()
             run_task(model, args.task, inputs)
             times[name].append(time.perf_counter() - started)
@@ -115,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attn", choices=["eager", "sdpa"], required=True)
     parser.add_argument("--task", choices=["forward", "generate"], required=True)
     parser.add_argument("--which", choices=["generated", "twin"], default="generated")
+    parser.add_argument(
+        "--weights",
+        choices=["fresh", "mapped"],
+        default="fresh",
+        help="time with weights copied into fresh memory, or as mapped from the checkpoint files",
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each model")
     parser.add_argument("--memory-repeats", type=int, default=5, help="runs whose peak memory is measured")
     args = parser.parse_args(argv)

@@ -1,0 +1,97 @@
+"""The layout helpers of the benchmarks (benchmarks/): the weights-in-fresh-memory copy that model timings use, and
+the shifted checkpoint of the layout control."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import transformers
+from safetensors.torch import load_file
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# Every tensor a multiple of 8 bytes, so that a shift (a multiple of 8) can match any other such file exactly
+TINY_BART = {
+    "vocab_size": 100,
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "max_position_embeddings": 64,
+}
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_tiny_bart(directory: Path) -> Path:
+    torch.manual_seed(0)
+    transformers.BartForConditionalGeneration(transformers.BartConfig(**TINY_BART)).save_pretrained(directory)
+    return directory
+
+
+def mapped_file_regions(path: Path) -> list[tuple[int, int]]:
+    """Address ranges where this process has `path` memory-mapped (Linux)."""
+    regions = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and Path(fields[5]) == path:
+            start, end = (int(address, 16) for address in fields[0].split("-"))
+            regions.append((start, end))
+    return regions
+
+
+def test_fresh_memory_moves_every_weight_out_of_the_checkpoint_and_keeps_ties(tmp_path):
+    model_speed = load_benchmark_script("model_speed")
+    checkpoint = save_tiny_bart(tmp_path / "bart")
+    model = transformers.BartForConditionalGeneration.from_pretrained(checkpoint).eval()
+    input_ids = torch.tensor([[0, 5, 6, 7, 2]])
+    with torch.no_grad():
+        before = model(input_ids).logits
+
+    def in_checkpoint(tensor: torch.Tensor) -> bool:
+        regions = mapped_file_regions((checkpoint / "model.safetensors").resolve())
+        return any(start <= tensor.data_ptr() < end for start, end in regions)
+
+    # Without this precondition the test would pass for a loader that already copies
+    assert any(in_checkpoint(parameter) for parameter in model.parameters()), "the weights were not memory-mapped"
+    model_speed.move_to_fresh_memory(model)
+    assert not any(in_checkpoint(tensor) for tensor in [*model.parameters(), *model.buffers()])
+    assert model.lm_head.weight is model.model.shared.weight
+    assert model.lm_head.weight.data_ptr() == model.model.encoder.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids).logits, before, rtol=0, atol=0)
+
+
+def test_shifted_checkpoint_moves_the_tensors_to_the_other_files_page_offset(tmp_path):
+    bench = load_benchmark_script("bench")
+    original = save_tiny_bart(tmp_path / "bart")
+    torch.manual_seed(0)
+    llama = transformers.LlamaConfig(
+        vocab_size=99, hidden_size=48, intermediate_size=40, num_hidden_layers=1, num_attention_heads=4
+    )
+    transformers.LlamaForCausalLM(llama).save_pretrained(tmp_path / "llama")
+    like = tmp_path / "llama" / "model.safetensors"
+
+    shift = bench.shifted_checkpoint(original, tmp_path / "shifted", like=like)
+
+    shifted = tmp_path / "shifted" / "model.safetensors"
+    assert shift > 0 and shift % 8 == 0
+    assert bench.largest_tensor_page_offset(shifted) == bench.largest_tensor_page_offset(like)
+    assert bench.largest_tensor_page_offset(original / "model.safetensors") != bench.largest_tensor_page_offset(like)
+    expected, actual = load_file(original / "model.safetensors"), load_file(shifted)
+    assert list(actual) == list(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
+    # Transformers reads the padded header as it is
+    _, loading = transformers.BartForConditionalGeneration.from_pretrained(shifted.parent, output_loading_info=True)
+    assert not any(loading.values()), loading
