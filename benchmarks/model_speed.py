@@ -1,13 +1,12 @@
 """One measurement of a generated model against its Transformers twin, in a fresh process; prints JSON.
 
-    python benchmarks/model_speed.py time --family decoder --converted DIR --original DIR --attn sdpa --task forward
-    python benchmarks/model_speed.py memory --family decoder --converted DIR --original DIR --attn sdpa \\
-        --task forward --which generated
+    python benchmarks/model_speed.py --family decoder --package PKG --generated-class CLASS \\
+        --converted DIR --original DIR --attn sdpa --task forward
 
-`time` loads both models and alternates them call by call (ABBA order), so that both see the same machine state;
-with `--weights fresh` (the default) it first copies every weight into newly allocated memory, see
-`move_to_fresh_memory`. `memory` loads one model and reports its peak resident memory while running the task (a
-process has one peak, hence one model per process; Linux only).
+Loads both models, alternates them call by call (ABBA order) so that both see the same machine state, and
+reports each one's times, then its peak tensor memory during one more run (`task_peak_mib`). With
+`--weights fresh` (the default) every weight is first copied into newly allocated memory, see
+`move_to_fresh_memory`.
 
 `--package` and `--generated-class` name the class loaded from `--converted`; the layout control of bench.py
 passes a Transformers class there to time the twin against a copy of itself.
@@ -26,28 +25,27 @@ from pathlib import Path
 import torch
 import transformers
 
-# The Transformers class each family is measured against, and the part of it the issue names
+# The Transformers class each family is measured against, and whether only its base model is (BertModel)
 TWINS = {
-    "decoder": ("LlamaForCausalLM", None),
-    "encoder": ("BertForMaskedLM", "bert"),
-    "encoder-decoder": ("BartForConditionalGeneration", None),
+    "decoder": ("LlamaForCausalLM", False),
+    "encoder": ("BertForMaskedLM", True),
+    "encoder-decoder": ("BartForConditionalGeneration", False),
 }
 BATCH_SIZE, SEQUENCE_LENGTH = 4, 512
 PROMPT_LENGTH, NEW_TOKENS = 16, 64
 
 
-def load_models(args: argparse.Namespace, which: list[str]) -> dict[str, torch.nn.Module]:
-    twin_class, twin_part = TWINS[args.family]
+def load_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
+    twin_class, base_model_only = TWINS[args.family]
+    classes = {
+        "generated": (getattr(importlib.import_module(args.package), args.generated_class), args.converted),
+        "twin": (getattr(transformers, twin_class), args.original),
+    }
     models = {}
-    if "generated" in which:
-        package = importlib.import_module(args.package)
-        generated_class = getattr(package, args.generated_class)
-        model = generated_class.from_pretrained(args.converted, attn_implementation=args.attn).eval()
+    for name, (model_class, checkpoint) in classes.items():
+        model = model_class.from_pretrained(checkpoint, attn_implementation=args.attn).eval()
         # The encoder is compared base model to base model (BertModel), the others head to head
-        models["generated"] = model.base_model if twin_part else model
-    if "twin" in which:
-        model = getattr(transformers, twin_class).from_pretrained(args.original, attn_implementation=args.attn).eval()
-        models["twin"] = model.base_model if twin_part else model
+        models[name] = model.base_model if base_model_only else model
     return models
 
 
@@ -84,8 +82,8 @@ def run_task(model: torch.nn.Module, task: str, inputs: dict[str, torch.Tensor])
         return model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
 
 
-def measure_time(args: argparse.Namespace) -> dict:
-    models = load_models(args, ["generated", "twin"])
+def measure(args: argparse.Namespace) -> dict:
+    models = load_models(args)
     if args.weights == "fresh":
         for model in models.values():
             move_to_fresh_memory(model)
@@ -103,36 +101,34 @@ def measure_time(args: argparse.Namespace) -> dict:
             started = time.perf_counter()
             run_task(model, args.task, inputs)
             times[name].append(time.perf_counter() - started)
-    return {"times": times, "difference": difference}
+    peaks = {name: task_peak_mib(model, args.task, inputs) for name, model in models.items()}
+    return {"times": times, "difference": difference, "task_peak_mib": peaks}
 
 
-def memory_status_kib(field: str) -> int:
-    """VmRSS (resident now) or VmHWM (peak resident) of this process, from Linux's /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+def task_peak_mib(model: torch.nn.Module, task: str, inputs: dict[str, torch.Tensor]) -> float:
+    """The most tensor memory the task holds at once beyond what existed before it: the running sum of the
+    allocations and frees of PyTorch's CPU allocator, as the profiler records them in order.
 
-
-def measure_memory(args: argparse.Namespace) -> dict:
-    """Peak resident memory of the task above what the loaded model holds: the peak is reset after a warm-up run,
-    so that neither loading nor first-call allocations count."""
-    model = load_models(args, [args.which])[args.which]
-    inputs = task_inputs(args, model.config.vocab_size)
-    run_task(model, args.task, inputs)
-    task_peaks = []
-    for _ in range(args.memory_repeats):
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
-        before = memory_status_kib("VmRSS")
-        run_task(model, args.task, inputs)
-        task_peaks.append((memory_status_kib("VmHWM") - before) / 1024)
-    # The allocator does not free the same way every time: the median of the runs is the task's peak
-    return {"task_peak_mib": statistics.median(task_peaks), "task_peaks_mib": task_peaks}
+    Exact and the same on every run, unlike the resident set size, whose allocator noise (about 1 MiB) is as
+    large as a whole generation's cache at these sizes."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as profiler:
+        run_task(model, task, inputs)
+    # The "[memory]" events carry each allocation (+) and free (-) with its time
+    changes = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in profiler.profiler.kineto_results.events()
+        if event.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("measure", choices=["time", "memory"])
     parser.add_argument("--family", choices=list(TWINS), required=True)
     parser.add_argument("--package", required=True)
     parser.add_argument("--generated-class", required=True)
@@ -140,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--original", type=Path, required=True)
     parser.add_argument("--attn", choices=["eager", "sdpa"], required=True)
     parser.add_argument("--task", choices=["forward", "generate"], required=True)
-    parser.add_argument("--which", choices=["generated", "twin"], default="generated")
     parser.add_argument(
         "--weights",
         choices=["fresh", "mapped"],
@@ -148,12 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         help="time with weights copied into fresh memory, or as mapped from the checkpoint files",
     )
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each model")
-    parser.add_argument("--memory-repeats", type=int, default=5, help="runs whose peak memory is measured")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    result = measure_time(args) if args.measure == "time" else measure_memory(args)
-    if args.measure == "time":
-        result["median"] = {name: statistics.median(values) for name, values in result["times"].items()}
+    result = measure(args)
+    result["median"] = {name: statistics.median(values) for name, values in result["times"].items()}
     print(json.dumps(result))
     return 0
 

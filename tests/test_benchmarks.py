@@ -10,6 +10,7 @@ from types import ModuleType
 import torch
 import transformers
 from safetensors.torch import load_file
+from transformers.utils import ModelOutput
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # Every tensor a multiple of 8 bytes, so that a shift (a multiple of 8) can match any other such file exactly
@@ -95,3 +96,23 @@ def test_shifted_checkpoint_moves_the_tensors_to_the_other_files_page_offset(tmp
     # Transformers reads the padded header as it is
     _, loading = transformers.BartForConditionalGeneration.from_pretrained(shifted.parent, output_loading_info=True)
     assert not any(loading.values()), loading
+
+
+class AllocatesSixMebibytes(torch.nn.Module):
+    """Holds three 2 MiB tensors at once, then returns a small result."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ModelOutput:
+        first = torch.ones(512, 1024)
+        second = first * 2
+        return ModelOutput(last_hidden_state=(first + second).sum(dim=1, keepdim=True))
+
+
+def test_task_peak_counts_the_tensors_held_at_once():
+    model_speed = load_benchmark_script("model_speed")
+    inputs = {"input_ids": torch.ones(1, 4, dtype=torch.long), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+
+    peaks = [model_speed.task_peak_mib(AllocatesSixMebibytes(), "forward", inputs) for _ in range(3)]
+
+    # first, second and their sum (2 MiB each) are alive together; the small results add less than 0.01 MiB
+    assert 6 <= peaks[0] < 6.01, peaks
+    assert peaks == [peaks[0]] * 3
