@@ -6,7 +6,7 @@
 Loads both models, alternates them call by call (ABBA order) so that both see the same machine state, and
 reports each one's times, then its peak tensor memory during one more run (`task_peak_mib`). With
 `--weights fresh` (the default) every weight is first copied into newly allocated memory, see
-`move_to_fresh_memory`.
+`move_to_fresh_memory`. The generated model is loaded first, or the twin with `--twin-first`.
 
 `--package` and `--generated-class` name the class loaded from `--converted`; the layout control of bench.py
 passes a Transformers class there to time the twin against a copy of itself.
@@ -41,6 +41,8 @@ def load_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
         "generated": (getattr(importlib.import_module(args.package), args.generated_class), args.converted),
         "twin": (getattr(transformers, twin_class), args.original),
     }
+    if args.twin_first:
+        classes = dict(reversed(classes.items()))
     models = {}
     for name, (model_class, checkpoint) in classes.items():
         model = model_class.from_pretrained(checkpoint, attn_implementation=args.attn).eval()
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         help="time with weights copied into fresh memory, or as mapped from the checkpoint files",
     )
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each model")
+    parser.add_argument(
+        "--twin-first", action="store_true", help="load (and place in memory) the twin first, then the generated model"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     result = measure(args)
