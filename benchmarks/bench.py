@@ -188,11 +188,10 @@ def shifted_checkpoint(original: Path, destination: Path, like: Path) -> int:
     shift = (largest_tensor_page_offset(like) - largest_tensor_page_offset(source)) % PAGE_SIZE
     shift -= shift % 8  # header lengths stay multiples of 8
     shutil.copytree(original, destination)
-    with source.open("rb") as file:
-        length = struct.unpack("<Q", file.read(8))[0]
-        header, data = file.read(length), file.read()
-    padded = header + b" " * shift
-    (destination / "model.safetensors").write_bytes(struct.pack("<Q", len(padded)) + padded + data)
+    length, _ = safetensors_header(source)
+    raw = source.read_bytes()
+    padded = raw[8 : 8 + length] + b" " * shift
+    (destination / "model.safetensors").write_bytes(struct.pack("<Q", len(padded)) + padded + raw[8 + length :])
     return shift
 
 

@@ -1,5 +1,5 @@
-"""The layout helpers of the benchmarks (benchmarks/): the weights-in-fresh-memory copy that model timings use, and
-the shifted checkpoint of the layout control."""
+"""The helpers of the benchmarks (benchmarks/): the weights-in-fresh-memory copy that model timings use, the shifted
+checkpoint of the layout control, and the task's peak tensor memory."""
 
 from __future__ import annotations
 
