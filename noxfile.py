@@ -1,14 +1,25 @@
-"""Sessions of the template's own checks: lint, render, tests (and refresh_snapshots after a Transformers release)."""
+"""Sessions of the template's own checks: lint, render, tests; newest and oldest track Transformers releases.
+
+Default (CI): lint, tests, min_copier, qefficient_pin, all under constraints.txt's pins. A maintainer runs `nox -s
+newest` when upstream releases (newest Transformers, tokenizers, huggingface-hub, Copier and ruff the ranges admit)
+and `nox -s oldest` (the lowest Transformers generated projects declare); both record what they passed with in
+COMPATIBILITY.md. Then `nox -s refresh_snapshots` after a Transformers release.
+"""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import nox
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).parent
 REQUIREMENTS = ROOT / "requirements-dev.txt"
@@ -19,11 +30,105 @@ LINT_TOOLS = ["ruff>=0.15", "black>=25", "isort>=6"]
 
 # The oldest Copier that copier.yml's _min_copier_version admits; the `min_copier` session tests it.
 MIN_COPIER = "9.18.0"
-# The Transformers release QEfficient's main branch pins: a decoder with QEfficient files must run on it too.
-QEFFICIENT_TRANSFORMERS = "5.5.4"
+# The lowest Transformers of the range generated projects declare (copier.yml's transformers_oldest); the
+# `oldest` session tests it, and the newest release is constraints.txt's pin (`tests`) or PyPI's (`newest`).
+OLDEST_TRANSFORMERS = "5.24.0"
+# A decoder with QEfficient files keeps the Transformers range QEfficient pins (copier.yml's
+# transformers_requirement): its lowest release, QEfficient's pin, and its newest.
+QEFFICIENT_TRANSFORMERS = ["5.5.4", "5.23.0"]
+# Installing another Transformers moves the libraries it pins within its own ranges too
+TRANSFORMERS_COMPANIONS = ["tokenizers", "huggingface-hub"]
+# What `newest` and `oldest` run: the numerical oracles, every answer set's generated suite, the hooks, and the
+# drift signals (snapshots of the installed Transformers)
+TRACKING_TESTS = [
+    "tests/test_llama_oracle.py",
+    "tests/test_bart_oracle.py",
+    "tests/test_bert_oracle.py",
+    "tests/test_render_matrix.py::test_answer_set_renders_clean_and_passes_its_own_tests",
+    "tests/test_render_matrix.py::test_answer_set_imports_silently",
+    "tests/test_hooks.py",
+]
+COMPATIBILITY = ROOT / "COMPATIBILITY.md"
 
-nox.options.sessions = ["lint", "tests", "min_copier", "qefficient_pin"]
 nox.options.reuse_venv = "yes"
+
+
+def pinned_name(line: str) -> str | None:
+    """The package a constraints line pins, or None for comments and blank lines."""
+    line = line.split("#")[0].strip()
+    return canonicalize_name(Requirement(line).name) if line else None
+
+
+def pinned_version(name: str) -> str:
+    for line in CONSTRAINTS.read_text().splitlines():
+        if pinned_name(line) == canonicalize_name(name):
+            return str(Requirement(line.split("#")[0]).specifier).removeprefix("==")
+    raise LookupError(f"{name} is not pinned in {CONSTRAINTS.name}")
+
+
+def install_requirements(session: nox.Session, *moved: str, upgrade: bool = False) -> None:
+    """requirements-dev.txt under constraints.txt's pins, except the packages in `moved`: a requirement with a
+    version (`transformers==5.5.4`) replaces that package's line, a bare name only loses its pin (with
+    upgrade=True, the newest release its range admits)."""
+    moves = {canonicalize_name(Requirement(spec).name): Requirement(spec) for spec in moved}
+    unpinned = set(moves)
+    if "transformers" in moves:
+        unpinned.update(canonicalize_name(name) for name in TRANSFORMERS_COMPANIONS)
+    constraints = [line for line in CONSTRAINTS.read_text().splitlines() if pinned_name(line) not in unpinned]
+    requirements = []
+    for line in REQUIREMENTS.read_text().splitlines():
+        if line.startswith("-c "):
+            continue  # replaced by the filtered constraints below
+        name = pinned_name(line)
+        requirements.append(str(moves[name]) if name in moves and moves[name].specifier else line)
+    folder = Path(session.create_tmp())
+    (folder / "constraints.txt").write_text("\n".join(constraints) + "\n")
+    (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    upgrade_arguments = ["--upgrade", "--upgrade-strategy=eager"] if upgrade else []
+    extra = [str(spec) for spec in moves.values()]
+    session.install(
+        *upgrade_arguments, "-r", str(folder / "requirements.txt"), "-c", str(folder / "constraints.txt"), *extra
+    )
+
+
+VERSIONS_SCRIPT = """
+import json, platform
+from importlib.metadata import version
+names = ["transformers", "tokenizers", "huggingface-hub", "torch", "copier", "ruff"]
+print(json.dumps({"python": platform.python_version(), **{name: version(name) for name in names}}))
+"""
+
+
+# `oldest` joins the default sessions whenever its Transformers is not the one `tests` runs with
+nox.options.sessions = ["lint", "tests", "min_copier", "qefficient_pin"]
+if pinned_version("transformers") != OLDEST_TRANSFORMERS:
+    nox.options.sessions.append("oldest")
+
+
+def template_version() -> str:
+    """The newest version CHANGELOG.md has a section for."""
+    return re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE).group(1)
+
+
+def record_compatibility(session: nox.Session, name: str) -> None:
+    """Write the versions this session passed with into COMPATIBILITY.md, one row per template version and
+    session; CI (where CI is set) leaves the file alone."""
+    output = session.run("python", "-c", VERSIONS_SCRIPT, silent=True)
+    versions = json.loads(output.strip().splitlines()[-1])
+    session.log(f"passed with {versions}")
+    if os.environ.get("CI"):
+        return
+    columns = ["python", "transformers", "tokenizers", "huggingface-hub", "torch", "copier", "ruff"]
+    row_key = f"| {template_version()} | `{name}` |"
+    cells = " | ".join(versions[column] for column in columns)
+    row = f"{row_key} {cells} | {datetime.date.today().isoformat()} |"
+    lines = COMPATIBILITY.read_text().splitlines()
+    rows = [line for line in lines if line.startswith(row_key)]
+    if rows:
+        lines[lines.index(rows[0])] = row
+    else:
+        lines.append(row)
+    COMPATIBILITY.write_text("\n".join(lines) + "\n")
 
 
 def shared_environment(session: nox.Session) -> tuple[Path, dict[str, str]]:
@@ -45,7 +150,32 @@ def shared_environment(session: nox.Session) -> tuple[Path, dict[str, str]]:
 def tests(session: nox.Session) -> None:
     """Run the template's test suite: render matrix, generated projects' own tests, hooks, validators, oracle."""
     bin_dir, env = shared_environment(session)
-    session.run(str(bin_dir / "python"), "-m", "pytest", *(session.posargs or ["tests"]), env=env, external=True)
+    # The drift signals belong to `newest`: a new upstream release must not fail unrelated work
+    arguments = session.posargs or ["tests", "-m", "not drift"]
+    session.run(str(bin_dir / "python"), "-m", "pytest", *arguments, env=env, external=True)
+
+
+@nox.session(default=False)
+def newest(session: nox.Session) -> None:
+    """The tracking tests with the newest Transformers, tokenizers, huggingface-hub, Copier and ruff the ranges admit."""
+    install_requirements(session, "transformers", "tokenizers", "huggingface-hub", "copier", "ruff", upgrade=True)
+    session.run("python", "-m", "pytest", *(session.posargs or [*TRACKING_TESTS, "-m", "drift or not drift"]))
+    record_compatibility(session, "newest")
+
+
+@nox.session(default=False)
+def oldest(session: nox.Session) -> None:
+    """The tracking tests with the lowest Transformers of the range generated projects declare."""
+    install_requirements(session, f"transformers=={OLDEST_TRANSFORMERS}")
+    session.run("python", "-c", version_check(OLDEST_TRANSFORMERS))
+    session.run("python", "-m", "pytest", *(session.posargs or [*TRACKING_TESTS, "-m", "not drift"]))
+    record_compatibility(session, "oldest")
+
+
+def version_check(transformers_version: str) -> str:
+    return (
+        f"import transformers; assert transformers.__version__ == {transformers_version!r}, transformers.__version__"
+    )
 
 
 @nox.session(venv_backend="none")
@@ -65,7 +195,7 @@ def render(session: nox.Session) -> None:
 @nox.session
 def min_copier(session: nox.Session) -> None:
     """The update, hook and validator tests with the oldest supported Copier (the `tests` session has the newest)."""
-    session.install("-r", str(REQUIREMENTS), f"copier=={MIN_COPIER}")
+    install_requirements(session, f"copier=={MIN_COPIER}")
     targets = ["tests/test_update.py", "tests/test_hooks.py", "tests/test_validators.py"]
     targets.append(
         "tests/test_in_tree.py::test_update_with_the_models_answers_file_keeps_edits_and_registers_new_heads"
@@ -74,17 +204,13 @@ def min_copier(session: nox.Session) -> None:
 
 
 @nox.session
-def qefficient_pin(session: nox.Session) -> None:
-    """The QEfficient tests (generated decoder and its QEff classes) under the Transformers that QEfficient pins."""
-    session.install(
-        "-c",
-        str(CONSTRAINTS),
-        f"transformers=={QEFFICIENT_TRANSFORMERS}",
-        *["torch", "safetensors", "copier>=9.18,<10", "pytest>=8", "pyyaml>=6", "ruff>=0.15"],
-    )
-    check = f"import transformers; assert transformers.__version__ == {QEFFICIENT_TRANSFORMERS!r}, transformers.__version__"
-    session.run("python", "-c", check)
+@nox.parametrize("transformers", QEFFICIENT_TRANSFORMERS)
+def qefficient_pin(session: nox.Session, transformers: str) -> None:
+    """The QEfficient tests (generated decoder and its QEff classes) at both ends of its Transformers range."""
+    install_requirements(session, f"transformers=={transformers}")
+    session.run("python", "-c", version_check(transformers))
     session.run("python", "-m", "pytest", *(session.posargs or ["tests/test_qefficient.py"]))
+    record_compatibility(session, f"qefficient_pin({transformers})")
 
 
 @nox.session(venv_backend="none")
@@ -99,7 +225,7 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, black and isort on the template's own Python (the generated code is checked by the tests)."""
-    session.install(*LINT_TOOLS)
+    session.install("-c", str(CONSTRAINTS), *LINT_TOOLS)
     targets = ["noxfile.py", "hooks", "tests", "benchmarks"]
     session.run("ruff", "check", *targets)
     session.run("ruff", "format", "--check", *targets)

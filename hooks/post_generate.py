@@ -5,7 +5,8 @@ and the last line sums them up. By default the task exits with 0 even then: Copi
 task fails, and the generated files must survive a failed check. With COPIER_TRANSFORMERS_MODEL_STRICT=1 it exits
 with the status of the first problem (pair it with `copier copy --no-cleanup`, which keeps the files):
     1 smoke test failed, 2 conflicts left by an update, 3 smoke test skipped (no torch or transformers),
-    4 formatting failed or no formatter, 5 git failed or missing.
+    4 formatting failed or no formatter, 5 git failed or missing, 7 the installed Transformers registers the
+    model_type itself.
 In a Transformers checkout it first registers the model (register_in_tree.py); a refused registration stops
 everything else and always exits with 6, whatever the mode: the files are there, but the checkout does not know them.
 """
@@ -27,8 +28,8 @@ from register_in_tree import REFUSED, register
 
 HOOKS_DIR = Path(__file__).resolve().parent
 STRICT_VARIABLE = "COPIER_TRANSFORMERS_MODEL_STRICT"
-# Exit statuses in strict mode; smoke_test.py exits with SMOKE_FAILED or SMOKE_SKIPPED itself
-SMOKE_FAILED, CONFLICTS, SMOKE_SKIPPED, FORMAT_FAILED, GIT_FAILED = 1, 2, 3, 4, 5
+# Exit statuses in strict mode; smoke_test.py exits with SMOKE_FAILED, SMOKE_SKIPPED or MODEL_TYPE_TAKEN itself
+SMOKE_FAILED, CONFLICTS, SMOKE_SKIPPED, FORMAT_FAILED, GIT_FAILED, MODEL_TYPE_TAKEN = 1, 2, 3, 4, 5, 7
 
 Problem = tuple[int, str]
 
@@ -111,7 +112,7 @@ def format_files(formatter: str, paths: list[str], interpreters: list[str]) -> b
 
 
 def smoke_test(python: str | None, project: Project, tiny_config: str) -> int:
-    """0 when the model builds, runs and reloads; else SMOKE_FAILED or SMOKE_SKIPPED."""
+    """0 when the model builds, runs and reloads; else SMOKE_FAILED, SMOKE_SKIPPED or MODEL_TYPE_TAKEN."""
     rerun = project.test_command
     if python is None:
         say(f"smoke test skipped: no `python` on PATH. Later, in the project: {rerun}")
@@ -128,6 +129,9 @@ def smoke_test(python: str | None, project: Project, tiny_config: str) -> int:
     if result.returncode == 0:
         say("smoke test passed")
         return 0
+    if result.returncode == MODEL_TYPE_TAKEN:
+        say("smoke test passed, but the installed Transformers registers the same model_type (see above)")
+        return MODEL_TYPE_TAKEN
     if result.returncode == SMOKE_SKIPPED:
         say(f"smoke test skipped. Install torch and transformers (pip install -e '.[dev]'), then run: {rerun}")
         return SMOKE_SKIPPED
@@ -212,6 +216,8 @@ def check_project(formatter: str, project: Project, smoke: bool, tiny_config: di
         problems.append((SMOKE_FAILED, "the smoke test failed"))
     elif smoke_status == SMOKE_SKIPPED:
         problems.append((SMOKE_SKIPPED, "the smoke test could not run"))
+    elif smoke_status == MODEL_TYPE_TAKEN:
+        problems.append((MODEL_TYPE_TAKEN, "the installed Transformers registers the model_type too"))
     return problems
 
 

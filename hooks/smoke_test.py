@@ -1,8 +1,10 @@
-"""Build every generated model with a tiny config, run one forward pass each, then save and reload it.
+"""Build every generated model with a tiny config, run one forward pass each, then save and reload it; models that
+generate also generate greedily with and without the cache, which must give the same tokens.
 
 Runs in the user's own interpreter (`python` on PATH), which is the one that has torch and Transformers:
     python smoke_test.py --src DST/src --package PACKAGE --tiny-config '{"hidden_size": 32, ...}'
-Exit status: 0 passed, 1 failed (traceback printed), 3 skipped because torch or Transformers is missing.
+Exit status: 0 passed, 1 failed (traceback printed), 3 skipped because torch or Transformers is missing,
+7 passed but the installed Transformers registers the package's model_type itself.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import time
 import traceback
 from collections.abc import Iterator
 
-SKIPPED = 3
+FAILED, SKIPPED, MODEL_TYPE_TAKEN = 1, 3, 7
 BATCH_SIZE, SEQ_LENGTH = 2, 7
+NEW_TOKENS = 6
 
 
 @contextlib.contextmanager
@@ -34,8 +37,30 @@ def step(description: str) -> Iterator[None]:
     print(f"  ok      {description} ({time.perf_counter() - started:.2f} s)", flush=True)
 
 
-def run(package_name: str, tiny_config: dict) -> None:
+class GenerationMismatch(AssertionError):
+    pass
+
+
+def check_cached_generation(model, input_ids, attention_mask) -> None:
+    """Greedy generation with the cache must pick the tokens generation without it picks: a forward pass that
+    misses the cache it is given (an argument named as in another Transformers release) breaks this, not a forward."""
     import torch
+
+    settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
+    with torch.no_grad():
+        with_cache = model.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **settings)
+        without_cache = model.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **settings)
+    if not torch.equal(with_cache, without_cache):
+        raise GenerationMismatch(
+            "greedy generation with the cache differs from generation without it:\n"
+            f"    with cache:    {with_cache.tolist()}\n    without cache: {without_cache.tolist()}"
+        )
+
+
+def run(package_name: str, tiny_config: dict) -> bool:
+    """Every step of the smoke test; returns whether the installed Transformers registers the model type itself."""
+    import torch
+    import transformers
     from transformers import PreTrainedModel
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
@@ -53,8 +78,14 @@ def run(package_name: str, tiny_config: dict) -> None:
         ),
         key=lambda model_class: ("For" in model_class.__name__, model_class.__name__),
     )
-    if config_class.model_type in CONFIG_MAPPING_NAMES and not package_name.startswith("transformers."):
-        print(f"  warning model_type {config_class.model_type!r} is also registered by this Transformers release")
+    model_type = config_class.model_type
+    type_taken = model_type in CONFIG_MAPPING_NAMES and not package_name.startswith("transformers.")
+    if type_taken:
+        print(
+            f"  problem model_type {model_type!r} is also registered by transformers {transformers.__version__} "
+            f"({CONFIG_MAPPING_NAMES[model_type]}), which importing {package_name} replaces in the Auto classes: "
+            "generate the model again with another model_type (-d model_type=...)"
+        )
 
     with step(f"{config_class.__name__}(**tiny config)"):
         config = config_class(**tiny_config)
@@ -77,6 +108,9 @@ def run(package_name: str, tiny_config: dict) -> None:
             with torch.no_grad():
                 reloaded_output = reloaded(input_ids=input_ids, attention_mask=attention_mask)[0]
             torch.testing.assert_close(reloaded_output, first_output)
+        if model.can_generate():
+            with step(f"greedy generation of {model_class.__name__}, with and without the cache"):
+                check_cached_generation(model, input_ids, attention_mask)
 
     tokenizer_class = next((getattr(package, name) for name in package.__all__ if name.endswith("Tokenizer")), None)
     if tokenizer_class is not None:
@@ -86,6 +120,7 @@ def run(package_name: str, tiny_config: dict) -> None:
             batch = tokenizer(["Hello world!", "A second, longer sentence."], padding=True, return_tensors="pt")
             vocab_size = max(config.vocab_size, len(tokenizer))
             base_model_class(config_class(**{**tiny_config, "vocab_size": vocab_size})).eval()(**batch)
+    return type_taken
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,11 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         f"  {sys.executable}: torch {torch.__version__}, transformers {transformers.__version__} ({transformers.__file__})"
     )
     try:
-        run(args.package, args.tiny_config)
+        type_taken = run(args.package, args.tiny_config)
+    except GenerationMismatch as mismatch:
+        print(f"  {mismatch}", flush=True)
+        return FAILED
     except Exception:
         traceback.print_exc()
-        return 1
-    return 0
+        return FAILED
+    return MODEL_TYPE_TAKEN if type_taken else 0
 
 
 if __name__ == "__main__":

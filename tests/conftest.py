@@ -5,11 +5,13 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import importlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import copier
 import jinja2
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 # Nothing in the template's checks may reach the Hub: generated code, hooks and tests work offline.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -121,13 +124,48 @@ def render(template_dir, tmp_path_factory) -> Render:
     return _render
 
 
+def declared_transformers(project: Path) -> Requirement:
+    """The Transformers requirement of a generated package's pyproject.toml."""
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(Requirement(line) for line in dependencies if Requirement(line).name == "transformers")
+
+
+def outside_declared_transformers(project: Path) -> str | None:
+    """Why the installed Transformers cannot run a generated package (the range it declares excludes it), or None."""
+    installed = importlib.metadata.version("transformers")
+    requirement = declared_transformers(project)
+    if requirement.specifier.contains(installed, prereleases=True):
+        return None
+    return f"transformers {installed} is installed; {project.name} declares {requirement}: a nox session installs one"
+
+
+def package_modules(project: Path) -> list[str]:
+    """The dotted names of every module a generated package holds (src/<package>/**/*.py)."""
+    return sorted(
+        ".".join(path.relative_to(project / "src").with_suffix("").parts).removesuffix(".__init__")
+        for path in (project / "src").glob("*/**/*.py")
+    )
+
+
+def deprecations_are_errors(project: Path) -> list[str]:
+    """pytest options that fail on any FutureWarning or DeprecationWarning the generated package's own code causes
+    (an API that upstream renamed); warnings that Transformers or torch raise about themselves stay warnings."""
+    return [
+        f"-Werror::{category}:{module}"
+        for module in package_modules(project)
+        for category in ("FutureWarning", "DeprecationWarning")
+    ]
+
+
 def run_generated_tests(project: Path, *pytest_args: str) -> subprocess.CompletedProcess:
-    """Run a generated project's own test suite with the interpreter running this one.
+    """Run a generated project's own test suite with the interpreter running this one; deprecations that the
+    package's code causes are errors.
 
     One torch thread: the tiny models gain nothing from more, and two suites can then share two cores."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *deprecations_are_errors(project)]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
+        [*pytest, *pytest_args],
         cwd=project,
         env=env,
         capture_output=True,

@@ -236,6 +236,7 @@ def test_the_harness_passes_a_faithful_conversion_through_its_command_line(rende
     for point in ("embeddings", "layers.0", "layers.1", "layers.2", "final norm", "logits"):
         assert point in output
     assert "Parity: every point within 1e-05." in output
+    assert "Generation: greedy tokens with the cache equal those of the original." in output
 
 
 def test_the_harness_names_the_layer_where_an_injected_bug_starts(render, tmp_path):
@@ -262,6 +263,46 @@ def test_the_harness_passes_with_the_prefilled_capture_points_of_the_other_famil
 
     assert compare.first_divergence(results, atol=1e-5) is None, compare.report(results, atol=1e-5)
     assert len(results) >= 4
+
+
+@pytest.mark.parametrize("twin", ["llama", "bart"])
+def test_the_harness_compares_cached_generation_with_the_originals(render, tmp_path, twin):
+    original, converted, compare = convert_saved_twin(render, tmp_path, twin)
+    input_ids = compare.make_inputs(converted.config.vocab_size, batch_size=2, seq_length=8, seed=0)["input_ids"]
+
+    result = compare.compare_generation(original, converted, input_ids, new_tokens=8)
+
+    assert result.reference == "the original"
+    assert result.matches, compare.generation_report(result)
+    assert len(result.actual[0]) == (9 if twin == "bart" else 16)  # BART: the start token and 8 new ones
+
+
+class CannotGenerate(torch.nn.Module):
+    """An original with a forward pass and no `generate`, as most research code is."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs):
+        return self.model(**inputs)
+
+
+def test_the_harness_finds_a_forward_pass_that_misses_its_cache(render, tmp_path, monkeypatch):
+    original, converted, compare = convert_saved_twin(render, tmp_path, "llama")
+    input_ids = compare.make_inputs(converted.config.vocab_size, batch_size=2, seq_length=8, seed=0)["input_ids"]
+    assert compare.compare_generation(CannotGenerate(original), converted, input_ids, new_tokens=8).matches
+
+    # The bug of a forward pass written for another release's argument name: the cache never reaches the layers
+    forward = converted.model.forward
+    monkeypatch.setattr(converted.model, "forward", lambda *args, cache=None, **kwargs: forward(*args, **kwargs))
+    result = compare.compare_generation(CannotGenerate(original), converted, input_ids, new_tokens=8)
+
+    assert result.reference == "the converted model without its cache"
+    assert not result.matches
+    report = compare.generation_report(result)
+    assert report.startswith("Generation fails: greedy tokens with the cache differ")
+    assert str(result.expected) in report and str(result.actual) in report
 
 
 @pytest.fixture

@@ -74,6 +74,7 @@ def test_copy_formats_smoke_tests_and_commits(template_dir, tmp_path):
     for step in ("import brand_new_bert", "build BrandNewBertForCausalLM", "forward BrandNewBertForCausalLM"):
         assert re.search(rf"ok +{step} \(\d+\.\d\d s\)", output), output
     assert "save and reload BrandNewBertForCausalLM" in output
+    assert "ok      greedy generation of BrandNewBertForCausalLM, with and without the cache" in output
     assert "smoke test passed" in output
 
     log = subprocess.run(["git", "log", "--format=%s"], cwd=destination, capture_output=True, text=True)
@@ -116,6 +117,42 @@ def test_smoke_failure_prints_traceback_and_rerun_command_and_keeps_every_file(r
     assert "smoke test FAILED" in output and "python -m pytest tests" in output
     files_after = {path.relative_to(project) for path in project.rglob("*") if path.is_file()}
     assert set(files_before) <= files_after
+
+
+def test_a_forward_pass_that_misses_its_cache_fails_the_smoke_test_with_both_token_lists(render):
+    project = render({"tokenizer": "none"}, name="cache-missed")
+    modeling = project / "src" / "brand_new_bert" / "modeling_brand_new_bert.py"
+    source = modeling.read_text()
+    # The layers never see the cache, as when a forward names the argument as another release did
+    passed_on = "                cache=cache,\n"
+    assert source.count(passed_on) == 1
+    modeling.write_text(source.replace(passed_on, ""))
+    env = {**os.environ, "COPIER_TRANSFORMERS_MODEL_STRICT": "1"}
+
+    result = run_post_generate(project, env=env)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED  greedy generation of BrandNewBertFor" in result.stdout
+    assert re.search(r"with cache: +\[\[", result.stdout) and re.search(r"without cache: +\[\[", result.stdout)
+    assert "smoke test FAILED" in result.stdout
+
+
+def test_a_model_type_the_installed_transformers_registers_is_a_reported_problem(render):
+    project = render({"tokenizer": "none"}, name="type-taken")
+    configuration = project / "src" / "brand_new_bert" / "configuration_brand_new_bert.py"
+    source = configuration.read_text()
+    assert source.count('model_type = "brand_new_bert"') == 1
+    # As if a newer Transformers had added the type after the validators' snapshot was taken
+    configuration.write_text(source.replace('model_type = "brand_new_bert"', 'model_type = "llama"'))
+    env = {**os.environ, "COPIER_TRANSFORMERS_MODEL_STRICT": "1"}
+
+    result = run_post_generate(project, env=env)
+
+    assert result.returncode == 7, result.stdout + result.stderr
+    sentences = [line for line in result.stdout.splitlines() if "is also registered by transformers" in line]
+    assert len(sentences) == 1 and "'llama'" in sentences[0] and "LlamaConfig" in sentences[0], result.stdout
+    assert "-d model_type=" in sentences[0]
+    assert "the installed Transformers registers the model_type too" in result.stdout
 
 
 def test_missing_torch_skips_the_smoke_test_with_instructions(render, bare_python):

@@ -3,7 +3,9 @@
 The stand-ins of tests/qefficient_stand_ins reproduce what the generated `qefficient/` classes use of QEfficient.
 Through them, a batch of prompts of different lengths runs prefill and decode steps over a fixed-length KV cache as
 QEfficient runs it, and must give the generated model's own last-token logits and greedy tokens. `nox -s
-qefficient_pin` runs this file again under Transformers 5.5.4, the version QEfficient pins.
+qefficient_pin` runs this file at both ends of the Transformers range such a decoder declares: 5.5.4, the version
+QEfficient pins, and 5.23.0, the last release before 5.24 renamed the cache argument. Under another Transformers
+(the `tests` session's) the projects render and pass ruff, and the tests that run them skip.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_generated_tests
+from conftest import outside_declared_transformers, run_generated_tests
 from test_render_matrix import assert_clean_text, assert_ruff_clean
 
 STAND_INS = Path(__file__).parent / "qefficient_stand_ins"
@@ -133,9 +135,17 @@ def test_onboarding_files_render_clean(projects):
     assert_ruff_clean(*projects.values())
 
 
+@pytest.fixture(scope="module")
+def runnable_projects(projects) -> dict[str, Path]:
+    """The projects, where the installed Transformers is one they declare."""
+    if reason := outside_declared_transformers(projects["llama-like"]):
+        pytest.skip(reason)
+    return projects
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_prefill_and_decode_over_a_fixed_cache_match_the_model_and_its_greedy_tokens(projects, variant):
-    project = projects[variant]
+def test_prefill_and_decode_over_a_fixed_cache_match_the_model_and_its_greedy_tokens(runnable_projects, variant):
+    project = runnable_projects[variant]
     (package_dir,) = (project / "src").iterdir()
     (modeling,) = package_dir.glob("modeling_*.py")
     model_type = modeling.stem.removeprefix("modeling_")
@@ -146,8 +156,8 @@ def test_prefill_and_decode_over_a_fixed_cache_match_the_model_and_its_greedy_to
     assert result.stdout.startswith("parity ")
 
 
-def test_register_without_qefficient_says_how_to_install_it(projects):
-    project = projects["llama-like"]
+def test_register_without_qefficient_says_how_to_install_it(runnable_projects):
+    project = runnable_projects["llama-like"]
     (package_dir,) = (project / "src").iterdir()
     script = f"from {package_dir.name}.qefficient import register_qefficient\nregister_qefficient()"
     result = run_with_stand_ins(project, "-c", script, stand_ins=False)
@@ -156,7 +166,14 @@ def test_register_without_qefficient_says_how_to_install_it(projects):
     assert "pip install git+https://github.com/quic/efficient-transformers" in result.stderr
 
 
-def test_the_generated_decoder_passes_its_own_tests(projects):
-    result = run_generated_tests(projects["llama-like"])
+def test_the_generated_decoder_passes_its_own_tests(runnable_projects):
+    result = run_generated_tests(runnable_projects["llama-like"])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def test_the_generated_decoder_imports_silently(runnable_projects):
+    project = runnable_projects["layer-norm-gelu-bias-every-head"]
+    (package_dir,) = (project / "src").iterdir()
+    result = run_with_stand_ins(project, "-W", "default", "-c", f"import {package_dir.name}", stand_ins=False)
+    assert result.returncode == 0 and result.stdout == result.stderr == "", result.stdout + result.stderr

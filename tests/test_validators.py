@@ -196,6 +196,7 @@ def test_model_type_default_keeps_acronyms_together(render, model_name, model_ty
         ("python_names.txt", "installed_python_names"),
     ],
 )
+@pytest.mark.drift
 def test_snapshots_cover_the_installed_transformers(snapshot, installed):
     sys.path.insert(0, str(REPO_ROOT / "hooks"))
     try:

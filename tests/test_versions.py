@@ -1,0 +1,68 @@
+"""The Transformers window: what generated projects declare is what the template's sessions test."""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from conftest import REPO_ROOT, declared_transformers
+
+NOXFILE_SPEC = importlib.util.spec_from_file_location("noxfile", REPO_ROOT / "noxfile.py")
+noxfile = importlib.util.module_from_spec(NOXFILE_SPEC)
+NOXFILE_SPEC.loader.exec_module(noxfile)
+
+
+def lowest_version(requirement: Requirement) -> Version:
+    (lower,) = (spec for spec in requirement.specifier if spec.operator == ">=")
+    return Version(lower.version)
+
+
+@pytest.fixture(scope="module")
+def declared(render) -> dict[str, Requirement]:
+    """The Transformers requirement of a default package and of a decoder with QEfficient files."""
+    return {
+        "default": declared_transformers(render({}, name="window-default")),
+        "qefficient": declared_transformers(render({"qefficient": True}, name="window-qefficient")),
+    }
+
+
+def test_the_oldest_session_tests_the_lowest_release_projects_declare(declared):
+    assert lowest_version(declared["default"]) == Version(noxfile.OLDEST_TRANSFORMERS)
+
+
+def test_ci_pins_a_release_the_projects_declare_and_newest_moves_inside_their_range(declared):
+    pinned = noxfile.pinned_version("transformers")
+    assert declared["default"].specifier.contains(pinned), (pinned, str(declared["default"]))
+    requirements = (REPO_ROOT / "requirements-dev.txt").read_text().splitlines()
+    (template_requirement,) = (Requirement(line) for line in requirements if line.startswith("transformers"))
+    assert template_requirement.specifier == declared["default"].specifier
+
+
+def test_the_qefficient_sessions_test_both_ends_of_its_range(declared):
+    lowest, newest = noxfile.QEFFICIENT_TRANSFORMERS
+    assert lowest_version(declared["qefficient"]) == Version(lowest)
+    assert declared["qefficient"].specifier.contains(newest)
+    # 5.24 renamed the cache argument: no release runs both variants' code
+    assert not declared["qefficient"].specifier.contains(noxfile.OLDEST_TRANSFORMERS)
+    assert not declared["default"].specifier.contains(newest)
+
+
+def test_every_package_whose_version_changes_results_is_pinned_exactly():
+    pinned = {noxfile.pinned_name(line) for line in noxfile.CONSTRAINTS.read_text().splitlines()} - {None}
+    wanted = {"transformers", "tokenizers", "huggingface-hub", "safetensors", "accelerate", "copier", "jinja2"}
+    wanted |= {"ruff", "black", "isort", "hypothesis", "nbformat", "pytest", "torch"}
+    assert wanted <= pinned, sorted(wanted - pinned)
+    for line in noxfile.CONSTRAINTS.read_text().splitlines():
+        if noxfile.pinned_name(line):
+            assert str(Requirement(line).specifier).startswith("=="), line
+
+
+def test_the_generated_pyproject_never_pins(declared):
+    for requirement in declared.values():
+        assert all(spec.operator in (">=", "<") for spec in requirement.specifier), str(requirement)
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text()).get("project", {}).get("dependencies")
+    assert dependencies is None  # the template repository's own pyproject holds tool settings only
