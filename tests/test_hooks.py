@@ -139,11 +139,11 @@ def test_a_forward_pass_that_misses_its_cache_fails_the_smoke_test_with_both_tok
 
 def test_a_model_type_the_installed_transformers_registers_is_a_reported_problem(render):
     project = render({"tokenizer": "none"}, name="type-taken")
-    configuration = project / "src" / "brand_new_bert" / "configuration_brand_new_bert.py"
-    source = configuration.read_text()
-    assert source.count('model_type = "brand_new_bert"') == 1
     # As if a newer Transformers had added the type after the validators' snapshot was taken
-    configuration.write_text(source.replace('model_type = "brand_new_bert"', 'model_type = "llama"'))
+    for name in ("configuration_brand_new_bert.py", "__init__.py"):
+        module = project / "src" / "brand_new_bert" / name
+        assert '"brand_new_bert"' in module.read_text()
+        module.write_text(module.read_text().replace('"brand_new_bert"', '"llama"'))
     env = {**os.environ, "COPIER_TRANSFORMERS_MODEL_STRICT": "1"}
 
     result = run_post_generate(project, env=env)
