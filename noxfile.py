@@ -14,12 +14,14 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import nox
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).parent
 REQUIREMENTS = ROOT / "requirements-dev.txt"
@@ -36,6 +38,13 @@ OLDEST_TRANSFORMERS = "5.24.0"
 # A decoder with QEfficient files keeps the Transformers range QEfficient pins (copier.yml's
 # transformers_requirement): its lowest release, QEfficient's pin, and its newest.
 QEFFICIENT_TRANSFORMERS = ["5.5.4", "5.23.0"]
+# A QEfficient decoder of the last release updated to this one, run in its own Transformers range
+QEFFICIENT_UPDATE_TEST = "test_a_qefficient_decoder_updates_keeping_the_cache_argument_of_its_transformers_range"
+# The tests of the answer set with QEfficient files, which the other sessions' Transformers skip
+QEFFICIENT_ANSWER_SET_TESTS = [
+    "test_answer_set_renders_clean_and_passes_its_own_tests",
+    "test_answer_set_imports_silently",
+]
 # Installing another Transformers moves the libraries it pins within its own ranges too
 TRANSFORMERS_COMPANIONS = ["tokenizers", "huggingface-hub"]
 # What `newest` and `oldest` run: the numerical oracles, every answer set's generated suite, the hooks, and the
@@ -81,7 +90,9 @@ def install_requirements(session: nox.Session, *moved: str, upgrade: bool = Fals
             continue  # replaced by the filtered constraints below
         name = pinned_name(line)
         requirements.append(str(moves[name]) if name in moves and moves[name].specifier else line)
-    folder = Path(session.create_tmp())
+    # Beside the session's environment: session.create_tmp() would point TMPDIR into this repository, and the tests'
+    # temporary projects would then sit inside its git work tree
+    folder = Path(session.virtualenv.location)
     (folder / "constraints.txt").write_text("\n".join(constraints) + "\n")
     (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
     upgrade_arguments = ["--upgrade", "--upgrade-strategy=eager"] if upgrade else []
@@ -105,19 +116,81 @@ if pinned_version("transformers") != OLDEST_TRANSFORMERS:
     nox.options.sessions.append("oldest")
 
 
+# A release's CHANGELOG heading names the commit its tag goes on: `## 0.3.0 (commit 80cbfff0892f)`
+RELEASE_HEADING = re.compile(r"^## (?P<version>\S+)(?: \(commit (?P<commit>[0-9a-f]{7,40})\))?$", re.MULTILINE)
+
+
 def template_version() -> str:
     """The newest version CHANGELOG.md has a section for."""
-    return re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE).group(1)
+    return RELEASE_HEADING.search((ROOT / "CHANGELOG.md").read_text()).group("version")
+
+
+def releases(changelog: str) -> list[tuple[str, str | None]]:
+    """(version, commit) of every CHANGELOG section, newest first; commit is None where the heading names none."""
+    return [(match["version"], match["commit"]) for match in RELEASE_HEADING.finditer(changelog)]
+
+
+def git_output(repository: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repository, capture_output=True, text=True)
+
+
+def create_release_tags(repository: Path) -> list[str]:
+    """Create the PEP 440 tag of every CHANGELOG release that the repository lacks, at the commit its heading
+    names; returns the tags created. Tags do not travel with the branch, so every clone makes them with this.
+    Refuses (ValueError) a release without a commit, one whose commit is missing (a shallow clone) or not an
+    ancestor of the next release, and a tag that already points elsewhere."""
+    found = releases((repository / "CHANGELOG.md").read_text())
+    full_commits = {}
+    for version, commit in found:
+        if commit is None:
+            raise ValueError(f"CHANGELOG.md: the heading of {version} names no commit: `## {version} (commit ...)`")
+        resolved = git_output(repository, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+        if resolved.returncode != 0:
+            raise ValueError(
+                f"{version}: commit {commit} is not in this clone (a shallow clone? git fetch --unshallow)"
+            )
+        full_commits[version] = resolved.stdout.strip()
+    for (newer, _), (older, _) in zip(found, found[1:], strict=False):
+        if Version(newer) <= Version(older):
+            raise ValueError(f"CHANGELOG.md lists {newer} above {older}: newest first, each version higher")
+        ancestry = git_output(repository, "merge-base", "--is-ancestor", full_commits[older], full_commits[newer])
+        if ancestry.returncode != 0:
+            raise ValueError(f"the commit of {older} is not an ancestor of the commit of {newer}")
+    created = []
+    for version, _ in reversed(found):
+        existing = git_output(repository, "rev-parse", "--verify", "--quiet", f"refs/tags/{version}^{{commit}}")
+        if existing.returncode == 0:
+            if existing.stdout.strip() != full_commits[version]:
+                raise ValueError(
+                    f"tag {version} points at {existing.stdout.strip()}, CHANGELOG.md at {full_commits[version]}"
+                )
+            continue
+        tagging = git_output(repository, "tag", version, full_commits[version])
+        if tagging.returncode != 0:
+            raise ValueError(f"git tag {version} failed: {tagging.stderr.strip()}")
+        created.append(version)
+    return created
+
+
+@nox.session(venv_backend="none", default=False)
+def tags(session: nox.Session) -> None:
+    """Create the release tags CHANGELOG.md names (idempotent); `copier copy` and `copier update` need them."""
+    try:
+        created = create_release_tags(ROOT)
+    except ValueError as error:
+        session.error(str(error))
+    versions = [version for version, _ in releases((ROOT / "CHANGELOG.md").read_text())]
+    session.log(f"created tags {', '.join(created)}" if created else f"every release is tagged: {', '.join(versions)}")
 
 
 def record_compatibility(session: nox.Session, name: str) -> None:
     """Write the versions this session passed with into COMPATIBILITY.md, one row per template version and
-    session; CI (where CI is set) leaves the file alone."""
+    session, when it ran its whole set of tests outside CI."""
     output = session.run("python", "-c", VERSIONS_SCRIPT, silent=True)
     versions = json.loads(output.strip().splitlines()[-1])
     session.log(f"passed with {versions}")
-    if os.environ.get("CI"):
-        return
+    if os.environ.get("CI") or session.posargs:
+        return  # CI leaves the file alone, and a part of the tests is no record
     columns = ["python", "transformers", "tokenizers", "huggingface-hub", "torch", "copier", "ruff"]
     row_key = f"| {template_version()} | `{name}` |"
     cells = " | ".join(versions[column] for column in columns)
@@ -209,7 +282,9 @@ def qefficient_pin(session: nox.Session, transformers: str) -> None:
     """The QEfficient tests (generated decoder and its QEff classes) at both ends of its Transformers range."""
     install_requirements(session, f"transformers=={transformers}")
     session.run("python", "-c", version_check(transformers))
-    session.run("python", "-m", "pytest", *(session.posargs or ["tests/test_qefficient.py"]))
+    targets = ["tests/test_qefficient.py", f"tests/test_releases.py::{QEFFICIENT_UPDATE_TEST}"]
+    targets += [f"tests/test_render_matrix.py::{test}[qefficient_decoder]" for test in QEFFICIENT_ANSWER_SET_TESTS]
+    session.run("python", "-m", "pytest", *(session.posargs or targets))
     record_compatibility(session, f"qefficient_pin({transformers})")
 
 

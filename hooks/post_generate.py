@@ -6,7 +6,7 @@ task fails, and the generated files must survive a failed check. With COPIER_TRA
 with the status of the first problem (pair it with `copier copy --no-cleanup`, which keeps the files):
     1 smoke test failed, 2 conflicts left by an update, 3 smoke test skipped (no torch or transformers),
     4 formatting failed or no formatter, 5 git failed or missing, 7 the installed Transformers registers the
-    model_type itself.
+    model_type itself, 8 the answers record the template as a relative path (`copier update` would not find it).
 In a Transformers checkout it first registers the model (register_in_tree.py); a refused registration stops
 everything else and always exits with 6, whatever the mode: the files are there, but the checkout does not know them.
 """
@@ -28,8 +28,10 @@ from register_in_tree import REFUSED, register
 
 HOOKS_DIR = Path(__file__).resolve().parent
 STRICT_VARIABLE = "COPIER_TRANSFORMERS_MODEL_STRICT"
-# Exit statuses in strict mode; smoke_test.py exits with SMOKE_FAILED, SMOKE_SKIPPED or MODEL_TYPE_TAKEN itself
-SMOKE_FAILED, CONFLICTS, SMOKE_SKIPPED, FORMAT_FAILED, GIT_FAILED, MODEL_TYPE_TAKEN = 1, 2, 3, 4, 5, 7
+# Exit statuses in strict mode (6 is register_in_tree.REFUSED); smoke_test.py exits with SMOKE_FAILED, SMOKE_SKIPPED
+# or MODEL_TYPE_TAKEN itself
+SMOKE_FAILED, CONFLICTS, SMOKE_SKIPPED, FORMAT_FAILED, GIT_FAILED = 1, 2, 3, 4, 5
+MODEL_TYPE_TAKEN, RELATIVE_TEMPLATE = 7, 8
 
 Problem = tuple[int, str]
 
@@ -91,9 +93,12 @@ def user_python() -> str | None:
     return shutil.which("python") or shutil.which("python3")
 
 
-def format_files(formatter: str, paths: list[str], interpreters: list[str]) -> bool:
+def format_files(formatter: str, paths: list[str], interpreters: list[str], *, generated_only: bool = True) -> bool:
+    """Format `paths` with the project's formatter. Files that may hold the user's code (generated_only=False, after
+    an update) get only fixes that move code, never ones that delete it: sorting imports, not removing them."""
     if formatter == "ruff":
-        steps = [("ruff", ["check", "--fix", "--quiet"]), ("ruff", ["format", "--quiet"])]
+        fixes = ["check", "--fix", "--quiet"] if generated_only else ["check", "--select=I", "--fix", "--quiet"]
+        steps = [("ruff", fixes), ("ruff", ["format", "--quiet"])]
     else:
         steps = [("isort", ["--quiet"]), ("black", ["--quiet"])]
     for tool, arguments in steps:
@@ -137,6 +142,27 @@ def smoke_test(python: str | None, project: Project, tiny_config: str) -> int:
         return SMOKE_SKIPPED
     say(f"smoke test FAILED (traceback above). Every generated file was kept. Rerun the checks with: {rerun}")
     return SMOKE_FAILED
+
+
+def relative_template_fix(answers_file: Path) -> str | None:
+    """What is wrong and the command that fixes it, when the answers record the template by a path relative to the
+    folder Copier ran in (`copier copy . ../x`): `copier update` resolves `_src_path` inside the project instead."""
+    import yaml  # Copier's own dependency: this runs in Copier's interpreter
+
+    source = str((yaml.safe_load(answers_file.read_text(encoding="utf-8")) or {}).get("_src_path", ""))
+    if not source or "://" in source or source.startswith(("git@", "gh:", "gl:")) or Path(source).is_absolute():
+        return None
+    # The shell's working folder when it started Copier (tasks run in the destination, PWD is inherited)
+    started_in = Path(os.environ.get("PWD", "/nonexistent"))
+    template = (started_in / source).resolve()
+    if not (template / "copier.yml").is_file():
+        template = Path("/absolute/path/of/the/template")
+    answers = shlex.quote(str(answers_file))
+    return (
+        f'{answers_file} records the template as "{source}", relative to where Copier ran: `copier update` would '
+        f"look for it inside the project. Record its absolute path with: perl -pi -e 's|^_src_path: .*|_src_path: "
+        f"{template}|' {answers} && git commit -qm 'Record the template by its absolute path' {answers}"
+    )
 
 
 def make_git_repository() -> bool:
@@ -183,15 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operation", required=True, help="Copier's _copier_operation: copy or update")
     parser.add_argument("--tiny-config", required=True, type=json.loads)
     parser.add_argument("--registration", type=json.loads, default={}, help="set in a Transformers checkout")
+    parser.add_argument("--answers-file", type=Path, help="Copier's answers file, relative to the destination")
     args = parser.parse_args(argv)
     project = Project(args.package, args.registration)
 
     if args.operation != "copy":
-        # Copier also runs tasks in the temporary renders it makes while updating; none of them is the project.
-        say(f"skipped during `copier {args.operation}`; check the result with: {project.test_command}")
+        # Copier also runs tasks in the temporary renders it makes while updating; none of them is the project,
+        # and the post-update check (post_update.py) reports on the real one.
         return 0
 
     problems = check_project(args.formatter, project, args.smoke_test == "true", args.tiny_config)
+    if args.answers_file and args.answers_file.is_file() and (fix := relative_template_fix(args.answers_file)):
+        say(f"template: {fix}")
+        problems.append((RELATIVE_TEMPLATE, "the answers record the template by a relative path"))
     if project.in_tree:
         # The checkout is the user's repository: committing is theirs to do, on their branch
         if not any(status == REFUSED for status, _ in problems):
@@ -201,15 +231,21 @@ def main(argv: list[str] | None = None) -> int:
     return finish(problems)
 
 
-def check_project(formatter: str, project: Project, smoke: bool, tiny_config: dict) -> list[Problem]:
-    """Register (in a checkout), format, then smoke-test: the steps after a copy and after a clean update."""
+def check_project(
+    formatter: str, project: Project, smoke: bool, tiny_config: dict, updated_files: list[str] | None = None
+) -> list[Problem]:
+    """Register (in a checkout), format, then smoke-test: the steps after a copy and after a clean update. After an
+    update only `updated_files`, the Python files it wrote, are formatted: the user's own modules stay as they are."""
     if project.in_tree and register(project.registration) == REFUSED:
         return [(REFUSED, "the checkout does not register the model")]
     python = user_python()
     interpreters = [sys.executable] + ([python] if python else [])
-    paths = [str(path) for path in (project.source_dir, project.tests_dir) if path.exists()]
+    if updated_files is None:
+        paths = [str(path) for path in (project.source_dir, project.tests_dir) if path.exists()]
+    else:
+        paths = updated_files
     problems = []
-    if not format_files(formatter, paths, interpreters):
+    if paths and not format_files(formatter, paths, interpreters, generated_only=updated_files is None):
         problems.append((FORMAT_FAILED, "the files are not formatted"))
     smoke_status = smoke_test(python, project, json.dumps(tiny_config)) if smoke else 0
     if smoke_status == SMOKE_FAILED:

@@ -23,9 +23,9 @@ import copier
 import pytest
 import yaml
 
-from conftest import FAMILY_HEADS, REPO_ROOT, ruff
+from conftest import FAMILY_HEADS, REPO_ROOT, git, noxfile, ruff
 from test_render_matrix import KNOB_COMBINATIONS, assert_clean_text
-from test_update import NEW, NEW_DOCSTRING, OLD, git, make_tagged_template
+from test_update import NEW, NEW_DOCSTRING, OLD, make_tagged_template
 from transformers_checkout import TOCTREE, add_common_tester_stand_ins, build_checkout, download_sdist
 
 REGISTER = REPO_ROOT / "hooks" / "register_in_tree.py"
@@ -242,7 +242,8 @@ def test_the_checkout_builds_every_model_and_tokenizer_through_the_auto_classes(
 def test_generated_tests_pass_with_upstreams_common_testers_where_the_checkout_has_them(checkout):
     root, _ = checkout
     env = {**os.environ, "PYTHONPATH": "src", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    pytest_command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "log_cli=false", "-W", "ignore"]
+    # Warnings stay on: upstream's tests record some (the deprecation of the cache's old argument name)
+    pytest_command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "log_cli=false"]
     decoder_tests = f"tests/models/{MODELS['decoder'][1]}"
 
     # The sdist lacks the helpers upstream's testers import: the mixin-based class says so and is skipped
@@ -387,6 +388,14 @@ def test_a_read_only_registration_file_is_refused_before_any_change(checkout):
         shutil.rmtree(root)
 
 
+def comment_the_modeling_file(modeling: Path) -> str:
+    """A porter's comment above the imports of a generated modeling file; returns it."""
+    user_line = "# Ported from the paper's section 3.2; the gate comes first."
+    text = modeling.read_text(encoding="utf-8")
+    modeling.write_text(text.replace("\n\nimport torch\n", f"\n\n{user_line}\nimport torch\n", 1), encoding="utf-8")
+    return user_line
+
+
 def test_update_with_the_models_answers_file_keeps_edits_and_registers_new_heads(
     template_dir, transformers_sdist, tmp_path
 ):
@@ -398,11 +407,7 @@ def test_update_with_the_models_answers_file_keeps_edits_and_registers_new_heads
         result = copy_into(template, checkout, answers, vcs_ref=OLD)
         assert result.returncode == 0, result.stdout + result.stderr
     modeling = checkout / f"src/transformers/models/{model_type}/modeling_{model_type}.py"
-    user_line = "# Ported from the paper's section 3.2; the gate comes first."
-    modeling.write_text(
-        modeling.read_text(encoding="utf-8").replace("\n\nimport torch\n", f"\n\n{user_line}\nimport torch\n", 1),
-        encoding="utf-8",
-    )
+    user_line = comment_the_modeling_file(modeling)
     git(checkout, "add", "--all")
     git(checkout, "commit", "--quiet", "-m", "two ported models, one edit")
     encoder_files = {
@@ -433,3 +438,49 @@ def test_update_with_the_models_answers_file_keeps_edits_and_registers_new_heads
     other_answers = yaml.safe_load((checkout / ".copier" / f"{MODELS['encoder'][1]}.yml").read_text(encoding="utf-8"))
     assert other_answers["_commit"] == OLD
     assert {path: path.read_bytes() for path in encoder_files} == encoder_files
+
+
+def test_a_model_of_the_last_release_updates_in_its_checkout_with_the_readmes_command(
+    released_template, transformers_sdist, tmp_path
+):
+    """A decoder generated into a checkout by the last release, edited, then `copier update --trust --defaults -a
+    .copier/<model_type>.yml` to the newest: the edit survives, the checkout's own files are only added to, and the
+    model passes its tests."""
+    newest, last = (version for version, _ in noxfile.releases((REPO_ROOT / "CHANGELOG.md").read_text())[:2])
+    checkout = build_checkout(transformers_sdist, tmp_path / "transformers")
+    model_type = MODELS["decoder"][1]
+    result = copy_into(released_template, checkout, answers_for("decoder"), vcs_ref=last)
+    assert result.returncode == 0, result.stdout + result.stderr
+    modeling = checkout / f"src/transformers/models/{model_type}/modeling_{model_type}.py"
+    user_line = comment_the_modeling_file(modeling)
+    git(checkout, "add", "--all")
+    git(checkout, "commit", "--quiet", "-m", "a ported model, edited")
+    registrations = {name: (checkout / name).read_text(encoding="utf-8") for name in REGISTRATION_FILES}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    update = subprocess.run(
+        [sys.executable, "-m", "copier", "update", "--trust", "--defaults", "-a", f".copier/{model_type}.yml"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+    output = update.stdout + update.stderr
+    assert update.returncode == 0, output
+    assert "update: no conflicts" in output and "smoke test passed" in output
+    text = modeling.read_text(encoding="utf-8")
+    assert user_line in text and "cache: Cache | None = None," in text
+    answers = yaml.safe_load((checkout / ".copier" / f"{model_type}.yml").read_text(encoding="utf-8"))
+    assert answers["_commit"] == newest
+    for name, before in registrations.items():
+        after = (checkout / name).read_text(encoding="utf-8")
+        assert set(before.splitlines()) <= set(after.splitlines()), f"the update removed lines of {name}"
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/models/{model_type}"],
+        cwd=checkout,
+        env=env | {"PYTHONPATH": str(checkout / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-3000:]

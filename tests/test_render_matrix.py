@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import itertools
 import os
 import re
@@ -164,9 +165,9 @@ def test_longest_names_come_out_formatted_after_the_hook(render, family):
 
 
 @pytest.fixture(scope="module")
-def answer_set_projects(render) -> dict[str, tuple[Path, subprocess.CompletedProcess | None]]:
-    """Every answer set rendered, then each project's own test suite (two at a time) where the installed
-    Transformers is in the range the project declares (None elsewhere)."""
+def answer_set_projects(render) -> dict[str, tuple]:
+    """Every answer set rendered, then, where the installed Transformers is in the range the project declares, its
+    own test suite and `import <package>` (two at a time): {answer set: (project, suite, import)}, None elsewhere."""
     projects = {}
     for answer_set in ANSWER_SETS:
         answers = load_answer_set(answer_set)
@@ -174,12 +175,22 @@ def answer_set_projects(render) -> dict[str, tuple[Path, subprocess.CompletedPro
         projects[answer_set] = render(answers, name=answer_set, tasks=answers.get("formatter") == "black+isort")
     runnable = {name: project for name, project in projects.items() if outside_declared_transformers(project) is None}
     suites = run_generated_test_suites(runnable)
-    return {answer_set: (projects[answer_set], suites.get(answer_set)) for answer_set in ANSWER_SETS}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        imports = dict(zip(runnable, pool.map(import_package, runnable.values()), strict=True))
+    return {name: (projects[name], suites.get(name), imports.get(name)) for name in ANSWER_SETS}
+
+
+def import_package(project: Path) -> subprocess.CompletedProcess:
+    """`import <package>` in a fresh interpreter, every warning shown."""
+    (package_dir,) = (path for path in (project / "src").iterdir() if path.is_dir())
+    environment = {**os.environ, "PYTHONPATH": str(project / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-W", "default", "-c", f"import {package_dir.name}"]
+    return subprocess.run(command, cwd=project, env=environment, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("answer_set", ANSWER_SETS)
 def test_answer_set_renders_clean_and_passes_its_own_tests(answer_set_projects, answer_set):
-    project, suite = answer_set_projects[answer_set]
+    project, suite, _ = answer_set_projects[answer_set]
     assert_clean_text(project)
     check = ruff("check", "--no-cache", str(project))
     assert check.returncode == 0, check.stdout
@@ -199,13 +210,9 @@ def test_answer_set_renders_clean_and_passes_its_own_tests(answer_set_projects, 
 @pytest.mark.parametrize("answer_set", ANSWER_SETS)
 def test_answer_set_imports_silently(answer_set_projects, answer_set):
     """Importing the package prints nothing: no docstring errors of auto_docstring, no deprecation warnings."""
-    project, _ = answer_set_projects[answer_set]
+    project, _, result = answer_set_projects[answer_set]
     if reason := outside_declared_transformers(project):
         pytest.skip(reason)
-    (package_dir,) = (path for path in (project / "src").iterdir() if path.is_dir())
-    environment = {**os.environ, "PYTHONPATH": str(project / "src"), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-W", "default", "-c", f"import {package_dir.name}"]
-    result = subprocess.run(command, cwd=project, env=environment, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == "", result.stdout + result.stderr
 

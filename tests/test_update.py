@@ -12,7 +12,7 @@ import copier
 import pytest
 import yaml
 
-from conftest import FAMILY_KNOBS, REPO_ROOT
+from conftest import FAMILY_KNOBS, REPO_ROOT, git
 
 OLD, NEW = "0.1.0", "0.2.0"
 MODELING = "src/brand_new_bert/modeling_brand_new_bert.py"
@@ -21,12 +21,6 @@ OLD_DOCSTRING = '"""PyTorch BrandNewBert model."""'
 NEW_DOCSTRING = '"""PyTorch BrandNewBert model, as improved in version 0.2.0."""'
 OLD_VARIANCE = "        variance = hidden_states.pow(2).mean(-1, keepdim=True)"
 NEW_VARIANCE = "        variance = hidden_states.pow(2).mean(dim=-1, keepdim=True)"
-
-
-def git(repo: Path, *args: str) -> str:
-    identity = ["-c", "user.name=Porter", "-c", "user.email=porter@example.com", "-c", "commit.gpgsign=false"]
-    result = subprocess.run(["git", *identity, *args], cwd=repo, capture_output=True, text=True, check=True)
-    return result.stdout
 
 
 def edit_template_file(path: Path, old: str, new: str) -> None:
@@ -193,18 +187,28 @@ def test_a_changed_answer_rerenders_the_files_that_depend_on_it(tagged_template,
     assert_every_user_line_survives(project, user_lines)
 
 
-def test_without_conflicts_the_post_update_check_formats_and_smoke_tests(tagged_template, tmp_path, capfd):
+def test_without_conflicts_the_post_update_check_formats_what_it_wrote_and_smoke_tests(
+    tagged_template, tmp_path, capfd
+):
     project = copy_old_version(tagged_template, tmp_path / "project")
     configuration = "src/brand_new_bert/configuration_brand_new_bert.py"
-    commit_user_edits(project, {configuration: ('__all__ = ["', "CHECKED_BY_HAND = {'a':1}\n\n\n__all__ = [\"")})
+    commit_user_edits(
+        project,
+        {
+            MODELING: ('__all__ = ["', "CHECKED_BY_HAND = {'a':1}\n\n\n__all__ = [\""),
+            configuration: ('__all__ = ["', "LEFT_AS_WRITTEN = {'b':2}\n\n\n__all__ = [\""),
+        },
+    )
     git(project, "config", "user.name", "Porter")  # so that nothing depends on a global identity
 
     update(project, smoke_test=True)
 
     output = capfd.readouterr().out
-    assert "update: no conflicts" in output and "format: ruff format" in output
-    assert "smoke test passed" in output
-    assert 'CHECKED_BY_HAND = {"a": 1}' in (project / configuration).read_text()
+    assert "update: no conflicts; 1 Python file(s) written by the update" in output
+    assert "format: ruff format" in output and "smoke test passed" in output
+    # The update wrote the modeling file, which is formatted; it left the configuration as the user wrote it
+    assert 'CHECKED_BY_HAND = {"a": 1}' in (project / MODELING).read_text()
+    assert "LEFT_AS_WRITTEN = {'b':2}" in (project / configuration).read_text()
 
 
 def renamed_files(
@@ -249,11 +253,12 @@ def renames_without_migration(template_repo: Path, old_ref: str, new_ref: str, w
     return sorted(set(missing))
 
 
-def test_every_rename_between_the_template_tags_has_a_migration(tmp_path):
-    tags = git(REPO_ROOT, "tag", "--sort=version:refname").split() if (REPO_ROOT / ".git").exists() else []
-    pairs = list(zip(tags, tags[1:], strict=False)) + ([(tags[-1], "HEAD")] if tags else [])
+def test_every_rename_between_the_template_tags_has_a_migration(released_template, tmp_path):
+    tags = git(released_template, "tag", "--sort=version:refname").split()
+    assert len(tags) >= 4, f"the release tags are missing: {tags}"
+    pairs = list(zip(tags, tags[1:], strict=False)) + [(tags[-1], "HEAD")]
     for index, (old_ref, new_ref) in enumerate(pairs):
-        assert renames_without_migration(REPO_ROOT, old_ref, new_ref, tmp_path / str(index)) == []
+        assert renames_without_migration(released_template, old_ref, new_ref, tmp_path / str(index)) == []
 
 
 def test_the_rename_check_finds_a_rename_without_migration(template_dir, tmp_path):

@@ -81,6 +81,11 @@ BAD_ANSWERS = {
         'reused_tokenizer "NoSuchTokenizer" is not a tokenizer class of the installed Transformers',
     ),
     "model_name-auto": ({"model_name": "Auto"}, 'model_name "Auto" would give classes the names of Transformers'),
+    "model_name-derives-a-registered-type": (
+        {"model_name": "Llama"},
+        'model_name "Llama" derives the model_type "llama", which Transformers already registers; choose another',
+    ),
+    "odd-hidden-size-with-rotary": ({"hidden_size": 101}, "hidden_size (101) must be even with rotary embeddings"),
     "model_name-empty": ({"model_name": ""}, "model_name must be CamelCase"),
     "package_name-keyword": ({"package_name": "class"}, 'package_name "class" is a Python keyword, builtin'),
     "package_name-builtin": ({"package_name": "print"}, 'package_name "print" is a Python keyword, builtin'),
@@ -171,6 +176,34 @@ def test_every_validated_question_has_a_bad_answer_test():
     validated = {name for name, spec in questions.items() if isinstance(spec, dict) and "validator" in spec}
     tested = {key for answers, _ in BAD_ANSWERS.values() for key in answers}
     assert validated <= tested, f"no bad-answer test for {sorted(validated - tested)}"
+
+
+def test_a_name_whose_derived_type_is_registered_is_accepted_with_a_model_type_of_its_own(render):
+    project = render({"model_name": "Llama", "model_type": "llama_port", "package_name": "llama_port"}, name="llama")
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert (answers["model_name"], answers["model_type"]) == ("Llama", "llama_port")
+
+
+@pytest.mark.parametrize(
+    ("answers", "heads", "key_value_heads"),
+    [
+        ({}, 32, 8),
+        ({"hidden_size": 100}, 25, 5),  # 12 or 32 heads cannot split 100 dimensions
+        ({"family": "encoder", "hidden_size": 100}, 10, 10),
+        ({"hidden_size": 4098}, 3, 3),  # rotary embeddings need an even head size: 4098 / 3 = 1366
+        ({"family": "encoder", "position_embedding": "learned", "hidden_size": 99}, 11, 11),
+        ({"hidden_size": 768, "num_attention_heads": 12}, 12, 6),
+    ],
+)
+def test_computed_defaults_follow_the_earlier_answers_and_pass_their_validators(
+    template_dir, tmp_path, answers, heads, key_value_heads
+):
+    """No computed default can fail validation, which would end Copier's questionnaire with a traceback."""
+    destination = tmp_path / "project"
+    copier.run_copy(str(template_dir), destination, data=answers, defaults=True, skip_tasks=True, quiet=True)
+    stored = yaml.safe_load((destination / ".copier-answers.yml").read_text())
+    assert stored["num_attention_heads"] == heads
+    assert stored.get("num_key_value_heads", heads) == key_value_heads
 
 
 @pytest.mark.parametrize(

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import tomllib
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from conftest import REPO_ROOT, declared_transformers
-
-NOXFILE_SPEC = importlib.util.spec_from_file_location("noxfile", REPO_ROOT / "noxfile.py")
-noxfile = importlib.util.module_from_spec(NOXFILE_SPEC)
-NOXFILE_SPEC.loader.exec_module(noxfile)
+from conftest import REPO_ROOT, declared_transformers, noxfile
 
 
 def lowest_version(requirement: Requirement) -> Version:

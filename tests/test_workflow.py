@@ -15,9 +15,8 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from conftest import REPO_ROOT, load_answer_set
+from conftest import REPO_ROOT, git, load_answer_set
 from test_render_matrix import assert_clean_text
-from test_update import git
 
 WORKFLOW = Path(".github/workflows/tests.yml")
 WORKFLOW_TEMPLATE = REPO_ROOT / "template" / "{% if not in_tree %}.github{% endif %}" / "workflows" / "tests.yml.jinja"
