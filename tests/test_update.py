@@ -195,7 +195,7 @@ def test_without_conflicts_the_post_update_check_formats_what_it_wrote_and_smoke
     commit_user_edits(
         project,
         {
-            MODELING: ('__all__ = ["', "CHECKED_BY_HAND = {'a':1}\n\n\n__all__ = [\""),
+            MODELING: ("__all__ = [\n", "CHECKED_BY_HAND = {'a':1}\n\n\n__all__ = [\n"),
             configuration: ('__all__ = ["', "LEFT_AS_WRITTEN = {'b':2}\n\n\n__all__ = [\""),
         },
     )
