@@ -49,6 +49,8 @@ QEFFICIENT_ANSWER_SET_TESTS = [
 TRANSFORMERS_COMPANIONS = ["tokenizers", "huggingface-hub"]
 # What `newest` and `oldest` run: the numerical oracles, every answer set's generated suite, the hooks, and the
 # drift signals (snapshots of the installed Transformers)
+# pytest-xdist: one worker per core, each test file on one worker, so that a module's fixtures are built once
+ON_EVERY_CORE = ["--numprocesses=auto", "--dist=loadfile"]
 TRACKING_TESTS = [
     "tests/test_llama_oracle.py",
     "tests/test_bart_oracle.py",
@@ -224,7 +226,7 @@ def tests(session: nox.Session) -> None:
     """Run the template's test suite: render matrix, generated projects' own tests, hooks, validators, oracle."""
     bin_dir, env = shared_environment(session)
     # The drift signals belong to `newest`: a new upstream release must not fail unrelated work
-    arguments = session.posargs or ["tests", "-m", "not drift"]
+    arguments = session.posargs or ["tests", "-m", "not drift", *ON_EVERY_CORE]
     session.run(str(bin_dir / "python"), "-m", "pytest", *arguments, env=env, external=True)
 
 
@@ -232,7 +234,9 @@ def tests(session: nox.Session) -> None:
 def newest(session: nox.Session) -> None:
     """The tracking tests with the newest Transformers, tokenizers, huggingface-hub, Copier and ruff the ranges admit."""
     install_requirements(session, "transformers", "tokenizers", "huggingface-hub", "copier", "ruff", upgrade=True)
-    session.run("python", "-m", "pytest", *(session.posargs or [*TRACKING_TESTS, "-m", "drift or not drift"]))
+    session.run(
+        "python", "-m", "pytest", *(session.posargs or [*TRACKING_TESTS, "-m", "drift or not drift", *ON_EVERY_CORE])
+    )
     record_compatibility(session, "newest")
 
 
@@ -241,7 +245,7 @@ def oldest(session: nox.Session) -> None:
     """The tracking tests with the lowest Transformers of the range generated projects declare."""
     install_requirements(session, f"transformers=={OLDEST_TRANSFORMERS}")
     session.run("python", "-c", version_check(OLDEST_TRANSFORMERS))
-    session.run("python", "-m", "pytest", *(session.posargs or [*TRACKING_TESTS, "-m", "not drift"]))
+    session.run("python", "-m", "pytest", *(session.posargs or [*TRACKING_TESTS, "-m", "not drift", *ON_EVERY_CORE]))
     record_compatibility(session, "oldest")
 
 
@@ -273,7 +277,7 @@ def min_copier(session: nox.Session) -> None:
     targets.append(
         "tests/test_in_tree.py::test_update_with_the_models_answers_file_keeps_edits_and_registers_new_heads"
     )
-    session.run("python", "-m", "pytest", *(session.posargs or targets))
+    session.run("python", "-m", "pytest", *(session.posargs or [*targets, *ON_EVERY_CORE]))
 
 
 @nox.session
@@ -284,7 +288,7 @@ def qefficient_pin(session: nox.Session, transformers: str) -> None:
     session.run("python", "-c", version_check(transformers))
     targets = ["tests/test_qefficient.py", f"tests/test_releases.py::{QEFFICIENT_UPDATE_TEST}"]
     targets += [f"tests/test_render_matrix.py::{test}[qefficient_decoder]" for test in QEFFICIENT_ANSWER_SET_TESTS]
-    session.run("python", "-m", "pytest", *(session.posargs or targets))
+    session.run("python", "-m", "pytest", *(session.posargs or [*targets, *ON_EVERY_CORE]))
     record_compatibility(session, f"qefficient_pin({transformers})")
 
 

@@ -14,6 +14,13 @@ Measured side by side in one run, on the committed template (HEAD):
 - the layout control: each twin against itself loaded from a copy of its checkpoint whose tensors sit at the
   generated checkpoint's offsets within a memory page. It shows what the file layout alone does to the time.
 - each family's generated test suite.
+- the generated conversion script on a synthetic checkpoint of 1.2 GB in shards of at most 256 MB (decoder in
+  Meta's layout, encoder-decoder in BART's), each run in a fresh process (benchmarks/conversion.py): peak
+  resident memory above the interpreter's after its imports, and wall time, against two floors measured in the
+  same run, alternately: safetensors alone reading and writing the same shards, and `from_pretrained` +
+  `save_pretrained` of the converted output.
+
+`--sections conversion` (for example) runs only the named sections and replaces them in the existing report.
 """
 
 from __future__ import annotations
@@ -36,6 +43,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_SPEED = Path(__file__).with_name("model_speed.py")
+CONVERSION = Path(__file__).with_name("conversion.py")
+SECTIONS = ["workflow", "models", "suites", "conversion"]
+CONVERSION_HEADING = "## Converting a large checkpoint"
+# Family -> the answer set whose conversion rules read the synthetic checkpoint's layout
+CONVERSION_FAMILIES = {"decoder": "llama_equivalent", "encoder-decoder": "bart_equivalent"}
 
 FLOOR = (
     "import torch, transformers; "
@@ -68,7 +80,15 @@ FAMILIES = {
         "ForConditionalGeneration",
     ),
 }
-TARGETS = {"copy": 1.5, "update": 1.5, "speed": 1.02, "memory": 1.02, "test_suite_s": 20.0}
+TARGETS = {
+    "copy": 1.5,
+    "update": 1.5,
+    "speed": 1.02,
+    "memory": 1.02,
+    "test_suite_s": 20.0,
+    "conversion_memory": 1.5,  # × the largest input shard
+    "conversion_time": 1.5,  # × the safetensors floor
+}
 PAGE_SIZE = 4096
 # A fixed mmap threshold makes glibc map every large tensor afresh, page-aligned, rather than where its history of
 # frees left room: the weights copied into fresh memory land the same way for both models and in every run
@@ -267,6 +287,49 @@ def bench_test_suites(workdir: Path, repeats: int) -> dict:
     return results
 
 
+def measure_conversion(task: str, checkpoint: Path, output: Path, *arguments: str) -> dict:
+    shutil.rmtree(output, ignore_errors=True)
+    command = [sys.executable, str(CONVERSION), "measure", f"--task={task}", f"--checkpoint={checkpoint}"]
+    result = run([*command, f"--output={output}", *arguments], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def bench_conversion(workdir: Path, repeats: int) -> dict:
+    results = {}
+    for family, answer_set in CONVERSION_FAMILIES.items():
+        project = render(
+            workdir / f"conversion-{family}", f"--data-file={ROOT / 'tests' / 'answers'}/{answer_set}.yml"
+        )
+        original = workdir / f"conversion-{family}-original"
+        log(f"{family}: writing the synthetic checkpoint")
+        made = run([sys.executable, str(CONVERSION), "checkpoint", f"--family={family}", f"--output={original}"])
+        options = json.loads(made.stdout.strip().splitlines()[-1])
+        convert_options = [f"--project={project}", f"--config={options['config']}", "--extra", *options["extra"]]
+        converted, copy = workdir / f"conversion-{family}-converted", workdir / f"conversion-{family}-copy"
+        runs = {"convert": [], "safetensors": [], "transformers": []}
+        for index in range(repeats):
+            log(f"{family} conversion, round {index + 1}/{repeats}")
+            runs["convert"].append(measure_conversion("convert", original, converted, *convert_options))
+            runs["safetensors"].append(measure_conversion("safetensors", original, copy))
+            runs["transformers"].append(measure_conversion("transformers", converted, copy, f"--project={project}"))
+        size = sum(path.stat().st_size for path in original.glob("*.safetensors"))
+        results[family] = {
+            "checkpoint_gb": size / 1e9,
+            "shards": len(list(original.glob("*.safetensors"))),
+            "largest_shard_mib": runs["convert"][0]["largest_input_shard_mib"],
+            **{
+                task: {
+                    "seconds": summary([measured["seconds"] for measured in task_runs]),
+                    "peak_mib": summary([measured["peak_above_baseline_mib"] for measured in task_runs]),
+                }
+                for task, task_runs in runs.items()
+            },
+        }
+        for folder in (original, converted, copy):
+            shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
 def versions() -> dict:
     import copier
     import torch
@@ -375,25 +438,92 @@ def report(command: str, machine: dict, workflow: dict, models: dict, controls: 
     return "\n".join(lines) + "\n"
 
 
+def mib(result: dict) -> str:
+    return f"{result['median']:.0f} MiB ({result['min']:.0f}–{result['max']:.0f})"
+
+
+def conversion_report(command: str, machine: dict, results: dict) -> str:
+    lines = [
+        CONVERSION_HEADING,
+        "",
+        f"Measured by `{command}` on {time.strftime('%Y-%m-%d')} (template commit {machine['commit']}).",
+        "",
+        "The generated conversion script (`main`, in-process) on a synthetic fp32 checkpoint: the decoder's in Meta's",
+        "reference layout (its rules permute every query and key weight), the encoder-decoder's in BART's (tied",
+        "embeddings saved once). Each task runs in a fresh process, the three alternating, after `os.sync()`. Memory:",
+        "the peak resident set size while the task runs, above the resident set size after the imports (VmHWM reset",
+        "through /proc/self/clear_refs). Floors: every shard read with `safetensors.torch.load_file` and written",
+        "with `save_file`; `from_pretrained` of the converted output, then `save_pretrained`.",
+        "",
+        "| family, checkpoint | task | peak memory above baseline | × largest input shard | time | × safetensors floor"
+        " | |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for family, result in results.items():
+        name = f"{family}, {result['checkpoint_gb']:.2f} GB in {result['shards']} shards"
+        shard, floor = result["largest_shard_mib"], result["safetensors"]["seconds"]["median"]
+        tasks = {
+            "convert": "generated conversion script",
+            "safetensors": "floor: safetensors read + write",
+            "transformers": "floor: from_pretrained + save_pretrained",
+        }
+        for task, label in tasks.items():
+            memory_ratio = result[task]["peak_mib"]["median"] / shard
+            time_ratio = result[task]["seconds"]["median"] / floor
+            met = ""
+            if task == "convert":
+                met_memory = memory_ratio <= TARGETS["conversion_memory"]
+                met = "met" if met_memory and time_ratio <= TARGETS["conversion_time"] else "MISSED"
+            lines.append(
+                f"| {name} | {label} | {mib(result[task]['peak_mib'])} | {memory_ratio:.2f} | "
+                f"{seconds(result[task]['seconds'])} | {time_ratio:.2f} | {met} |"
+            )
+    lines += [
+        "",
+        f"Targets: peak memory ≤ {TARGETS['conversion_memory']} × the largest input shard, time ≤"
+        f" {TARGETS['conversion_time']} × the safetensors floor.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(report_text: str, heading: str, section: str) -> str:
+    """The report with the section under `heading` (up to the next `## ` heading) replaced, or appended."""
+    start = report_text.find(heading + "\n")
+    if start == -1:
+        return report_text.rstrip("\n") + "\n\n" + section
+    end = report_text.find("\n## ", start + len(heading))
+    return report_text[:start] + section + (report_text[end:] if end != -1 else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--repeats", type=int, default=11, help="timed runs of each model task")
     parser.add_argument("--workflow-repeats", type=int, default=3, help="copies, updates and test-suite runs")
     parser.add_argument("--command", default="nox -s bench", help="the command recorded in the report")
+    parser.add_argument("--conversion-repeats", type=int, default=5, help="runs of each conversion task")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS, help="what to measure")
     args = parser.parse_args(argv)
+    if set(args.sections) - {"conversion"} and set(args.sections) != set(SECTIONS):
+        parser.error("--sections runs either everything or only `conversion` (the other sections share one table)")
     if run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT).stdout.strip():
         log("warning: uncommitted changes are not measured (the template is rendered from HEAD)")
 
     workdir = Path(tempfile.mkdtemp(prefix="ctm-bench-"))
     try:
         machine = versions()
-        workflow = bench_copy_and_update(workdir, args.workflow_repeats)
-        models, controls = bench_models(workdir, args.repeats)
-        suites = bench_test_suites(workdir, args.workflow_repeats)
+        if args.sections == ["conversion"]:
+            text = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
+        else:
+            workflow = bench_copy_and_update(workdir, args.workflow_repeats)
+            models, controls = bench_models(workdir, args.repeats)
+            suites = bench_test_suites(workdir, args.workflow_repeats)
+            text = report(args.command, machine, workflow, models, controls, suites)
+        conversion = bench_conversion(workdir, args.conversion_repeats)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    args.output.write_text(report(args.command, machine, workflow, models, controls, suites))
+    text = replace_section(text, CONVERSION_HEADING, conversion_report(args.command, machine, conversion))
+    args.output.write_text(text)
     log(f"wrote {args.output}")
     return 0
 

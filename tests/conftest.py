@@ -24,6 +24,9 @@ from packaging.requirements import Requirement
 
 # Nothing in the template's checks may reach the Hub: generated code, hooks and tests work offline.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One torch thread in this process and in every child (hooks, generated suites, workers): the models are tiny, and
+# the xdist workers and the suites they run share the cores. More threads than cores spin and slow everything down.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ANSWERS_DIR = Path(__file__).parent / "answers"

@@ -4,9 +4,13 @@ checkpoint of the layout control, and the task's peak tensor memory."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
@@ -116,3 +120,39 @@ def test_task_peak_counts_the_tensors_held_at_once():
     # first, second and their sum (2 MiB each) are alive together; the small results add less than 0.01 MiB
     assert 6 <= peaks[0] < 6.01, peaks
     assert peaks == [peaks[0]] * 3
+
+
+def test_a_partial_run_replaces_only_its_section_of_the_report():
+    bench = load_benchmark_script("bench")
+    report = "# Benchmarks\n\n## Models\n\nold models\n\n## Converting a large checkpoint\n\nold conversion\n"
+    section = "## Converting a large checkpoint\n\nnew conversion\n"
+
+    replaced = bench.replace_section(report, bench.CONVERSION_HEADING, section)
+    appended = bench.replace_section("# Benchmarks\n\n## Models\n\nold models\n", bench.CONVERSION_HEADING, section)
+
+    assert replaced == "# Benchmarks\n\n## Models\n\nold models\n\n" + section
+    assert appended == replaced
+    followed = bench.replace_section(report + "\n## Later\n\nkept\n", bench.CONVERSION_HEADING, section)
+    assert followed == replaced + "\n## Later\n\nkept\n"
+
+
+def test_the_conversion_measurement_reports_the_peak_above_the_baseline(tmp_path):
+    conversion = load_benchmark_script("conversion")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    conversion.write_sharded({f"t{index}": torch.ones(1024, 1024) for index in range(3)}, checkpoint, shard_mb=5)
+    script = [sys.executable, str(BENCHMARKS / "conversion.py"), "measure", "--task=safetensors"]
+
+    result = subprocess.run(
+        [*script, f"--checkpoint={checkpoint}", f"--output={tmp_path / 'copy'}"], capture_output=True, text=True
+    )
+
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout.splitlines()[-1])
+    assert len(list(checkpoint.glob("*.safetensors"))) == 3  # 4 MiB tensors, shards of at most 5 MB
+    assert measured["largest_input_shard_mib"] == pytest.approx(4, abs=0.01)
+    # load_file maps one 4 MiB shard, save_file writes it: the peak is about one shard, not the baseline
+    assert 3.5 <= measured["peak_above_baseline_mib"] < 40, measured
+    assert sorted(path.name for path in (tmp_path / "copy").iterdir()) == sorted(
+        path.name for path in checkpoint.glob("*.safetensors")
+    )

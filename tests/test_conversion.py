@@ -6,10 +6,13 @@ import importlib
 import json
 import os
 import re
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import copier
 import pytest
 import safetensors.torch
 import torch
@@ -386,3 +389,208 @@ def test_a_sharded_checkpoint_converts_into_shards(render, tmp_path):
 
     assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
     assert_same_logits(package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out").eval(), llama)
+
+
+def run_conversion(project: Path, *args, **kwargs) -> subprocess.CompletedProcess:
+    """The generated conversion script's command line, in a process of its own."""
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    module = f"{answers['package_name']}.convert_{answers['model_type']}_checkpoint"
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    command = [sys.executable, "-m", module, *map(str, args)]
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, **kwargs)
+
+
+def save_original(twin: str, folder: Path, layout: str) -> Path:
+    """A twin's checkpoint as `layout`: a `.bin` state dict, or safetensors (sharded, cast) via save_pretrained."""
+    original = build_twin(twin)
+    folder.mkdir()
+    original.config.to_json_file(folder / "config.json")
+    if layout == "bin":
+        torch.save(original.state_dict(), folder / "pytorch_model.bin")
+    elif layout == "bfloat16 shards":
+        original.to(torch.bfloat16).save_pretrained(folder, max_shard_size="150KB")
+    else:
+        original.save_pretrained(folder, max_shard_size="100KB" if layout == "shards" else "5GB")
+    return folder
+
+
+# Answer set, twin, the twin's checkpoint layout, conversion flags
+STREAMED_CASES = {
+    "decoder-shards": ("llama_equivalent", "llama", "shards", ["--max-shard-size", "200KB"]),
+    "decoder-gpt2-bin-tied-bfloat16": (
+        "gpt2_like",
+        "gpt2",
+        "bin",
+        ["--set", "num_key_value_heads=4", "--dtype", "bfloat16"],
+    ),
+    "encoder-float16": ("bert_equivalent", "bert", "safetensors", ["--dtype", "float16"]),
+    "encoder-decoder-bfloat16-shards-tied": (
+        "bart_equivalent",
+        "bart",
+        "bfloat16 shards",
+        ["--max-shard-size", "100KB"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(STREAMED_CASES))
+def test_the_streamed_conversion_writes_the_same_bytes_as_the_0_4_0_script(render, released_template, tmp_path, case):
+    """0.4.0 loaded every tensor, filled a model and called save_pretrained; the tensors now stream one at a time."""
+    answer_set, twin, layout, flags = STREAMED_CASES[case]
+    original = save_original(twin, tmp_path / "original", layout)
+    released = tmp_path / "released"
+    copier.run_copy(
+        str(released_template),
+        released,
+        data=load_answer_set(answer_set),
+        vcs_ref="0.4.0",
+        defaults=True,
+        unsafe=True,
+        skip_tasks=True,
+        quiet=True,
+    )
+    outputs = {}
+    for name, project in (("0.4.0", released), ("now", render(load_answer_set(answer_set), name=answer_set))):
+        outputs[name] = tmp_path / f"converted-{name}"
+        arguments = ["--checkpoint", original, "--config", original / "config.json", "--output", outputs[name]]
+        result = run_conversion(project, *arguments, *flags)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    files = sorted(path.name for path in outputs["0.4.0"].iterdir())
+    assert files == sorted(path.name for path in outputs["now"].iterdir())
+    # Everything but the copied code files, which follow the template's modeling code
+    compared = [name for name in files if not name.endswith(".py")]
+    assert any(name.endswith(".safetensors") for name in compared)
+    for name in compared:
+        assert (outputs["now"] / name).read_bytes() == (outputs["0.4.0"] / name).read_bytes(), name
+
+
+def write_shards(tensors: dict[str, torch.Tensor], folder: Path, shards: list[list[str]], suffix: str) -> None:
+    """A sharded checkpoint with these keys in these shards, and its index."""
+    folder.mkdir(exist_ok=True)
+    weight_map = {}
+    for number, keys in enumerate(shards, start=1):
+        name = f"model-{number:05d}-of-{len(shards):05d}{suffix}"
+        shard = {key: tensors[key].detach().clone() for key in keys}
+        if suffix == ".safetensors":
+            safetensors.torch.save_file(shard, folder / name)
+        else:
+            torch.save(shard, folder / name)
+        weight_map |= dict.fromkeys(keys, name)
+    index_name = "model.safetensors.index.json" if suffix == ".safetensors" else "pytorch_model.bin.index.json"
+    (folder / index_name).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_a_fused_tensor_whose_parts_land_in_other_shards_converts(render, tmp_path, capsys):
+    """GPT-2's fused query/key/value weight and bias in different input shards, and its three parts written to
+    different output shards."""
+    package, convert, _ = generated_modules(render, "gpt2_like")
+    gpt2 = build_twin("gpt2")
+    state_dict = gpt2.state_dict()
+    fused_weight, fused_bias = "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias"
+    rest = [key for key in state_dict if key not in (fused_weight, fused_bias)]
+    write_shards(
+        state_dict, tmp_path / "original", [[fused_bias, *rest[:20]], [*rest[20:], fused_weight]], ".safetensors"
+    )
+    gpt2.config.to_json_file(tmp_path / "original" / "config.json")
+
+    flags = ["--set", "num_key_value_heads=4", "--max-shard-size", "20KB"]
+    assert convert_cli(convert, tmp_path / "original", tmp_path / "out", *flags) == 0
+
+    weight_map = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["weight_map"]
+    parts = [f"model.layers.0.self_attn.{name}_proj.weight" for name in ("q", "k", "v")]
+    assert len({weight_map[part] for part in parts}) > 1
+    converted = package.TinyGptForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert_same_logits(converted, gpt2)
+    saved = len(weight_map)
+    assert f"{saved}/{saved} tensors" in capsys.readouterr().err  # the progress bar counts tensors and bytes
+
+
+def test_rotary_permutations_read_their_config_when_query_and_key_sit_in_different_pytorch_files(render, tmp_path):
+    package, convert, _ = generated_modules(render, "llama_equivalent")
+    llama = build_twin("llama")
+    meta = to_meta_layout(llama)
+    queries = [key for key in meta if key.endswith("attention.wq.weight")]
+    write_shards(meta, tmp_path / "original", [queries, [key for key in meta if key not in queries]], ".bin")
+    params = {"dim": 64, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2, "vocab_size": 128, "norm_eps": 1e-6}
+    (tmp_path / "params.json").write_text(json.dumps(params))
+
+    settings = ["--set", "intermediate_size=96", "--set", "tie_word_embeddings=false"]
+    status = convert_cli(convert, tmp_path / "original", tmp_path / "out", *settings, config=tmp_path / "params.json")
+
+    assert status == 0
+    assert_same_logits(package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out").eval(), llama)
+
+
+def test_a_full_disk_half_way_leaves_nothing_in_the_output_or_beside_it(render, tmp_path, llama_checkpoint):
+    project = render(load_answer_set("llama_equivalent"), name="llama_equivalent")
+    output = tmp_path / "out"
+
+    def files_of_at_most_64_kib():  # writing more fails as on a full disk (EFBIG; Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+
+    arguments = ["--checkpoint", llama_checkpoint, "--config", llama_checkpoint / "config.json", "--output", output]
+    result = run_conversion(project, *arguments, preexec_fn=files_of_at_most_64_kib)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"error: nothing was written to {output}: [Errno 27] File too large" in result.stderr
+    assert not output.exists()
+    assert [path.name for path in tmp_path.iterdir()] == ["llama"]
+
+
+KILLED_AFTER_ONE_TENSOR = """
+import os, signal, sys
+import {module} as convert
+
+write_safetensors = convert.write_safetensors
+
+
+def killed_after_one_tensor(*args, **kwargs):
+    for size in write_safetensors(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+        yield size
+
+
+convert.write_safetensors = killed_after_one_tensor
+sys.exit(convert.main(sys.argv[1:]))
+"""
+
+
+def test_a_conversion_killed_half_way_leaves_no_output_and_the_next_run_succeeds(render, tmp_path, llama_checkpoint):
+    project = render(load_answer_set("llama_equivalent"), name="llama_equivalent")
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    module = f"{answers['package_name']}.convert_{answers['model_type']}_checkpoint"
+    output = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    arguments = ["--checkpoint", llama_checkpoint, "--config", llama_checkpoint / "config.json", "--output", output]
+    arguments = [str(argument) for argument in arguments]
+
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_ONE_TENSOR.format(module=module), *arguments], env=env, capture_output=True
+    )
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert not output.exists()
+    (staging,) = [path for path in tmp_path.iterdir() if path.name != "llama"]
+    assert staging.name.startswith(".out-") and any(staging.glob("*.safetensors"))  # hidden, beside the output
+    result = run_conversion(project, *arguments)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (output / "model.safetensors").is_file()
+
+
+def test_a_base_model_checkpoint_converts_into_the_bare_base_model(render, tmp_path):
+    """Without heads the converted keys lose the base model prefix, in the plan and in the streamed tensors."""
+    names = {"model_name": "BaseLlama", "model_type": "base_llama", "package_name": "base_llama"}
+    project = render({**load_answer_set("llama_equivalent"), **names, "heads": []}, name="base_llama")
+    package = import_rendered_package(project, "base_llama")
+    convert = importlib.import_module("base_llama.convert_base_llama_checkpoint")
+    llama = build_twin("llama").model
+    llama.save_pretrained(tmp_path / "original", max_shard_size="100KB")
+
+    assert convert_cli(convert, tmp_path / "original", tmp_path / "out", "--max-shard-size", "100KB") == 0
+
+    converted = package.BaseLlamaModel.from_pretrained(tmp_path / "out").eval()
+    input_ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = llama(input_ids).last_hidden_state
+        torch.testing.assert_close(converted(input_ids).last_hidden_state, expected, rtol=0, atol=1e-5)

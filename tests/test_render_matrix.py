@@ -17,7 +17,6 @@ from conftest import (
     ANSWER_SETS,
     FAMILY_HEADS,
     FAMILY_KNOBS,
-    captured_output_of_subprocesses,
     load_answer_set,
     outside_declared_transformers,
     ruff,
@@ -93,50 +92,6 @@ def assert_suite_passed(result: subprocess.CompletedProcess) -> None:
 
 def assert_generated_tests_pass(project: Path) -> None:
     assert_suite_passed(run_generated_tests(project))
-
-
-def with_value_knobs(index: int, knobs: dict) -> dict:
-    """Bias, tied embeddings and the grouped-query ratio vary along the matrix too, where the family asks them."""
-    if knobs["family"] == "decoder":
-        return {**knobs, "linear_bias": index % 2 == 1, "num_key_value_heads": [8, 32, 1][index % 3]}
-    if knobs["family"] == "encoder":
-        return {**knobs, "tie_word_embeddings": index % 2 == 0}
-    return knobs
-
-
-KNOB_MATRIX = {combination_id(knobs): with_value_knobs(index, knobs) for index, knobs in enumerate(KNOB_COMBINATIONS)}
-
-
-@pytest.fixture(scope="module")
-def knob_matrix(render) -> dict[str, tuple[Path, str, subprocess.CompletedProcess]]:
-    """Every knob combination with every head, copied with the hook (one after another, each hook's output kept),
-    then each project's own test suite (two at a time): {combination: (project, hook output, suite result)}."""
-    projects, hook_outputs = {}, {}
-    for name, knobs in KNOB_MATRIX.items():
-        answers = {
-            **knobs,
-            "heads": FAMILY_HEADS[knobs["family"]],
-            "model_name": "KnobMatrix",
-            "package_name": "knob_matrix",
-        }
-        with captured_output_of_subprocesses() as output:
-            projects[name] = render(answers, name="knob-matrix", tasks=True)
-        hook_outputs[name] = output[0]
-    suites = run_generated_test_suites(projects)
-    return {name: (projects[name], hook_outputs[name], suites[name]) for name in KNOB_MATRIX}
-
-
-@pytest.mark.parametrize("combination", list(KNOB_MATRIX))
-def test_every_knob_combination_with_every_head_smoke_tests_and_passes_its_own_tests(knob_matrix, combination):
-    project, hook_output, suite = knob_matrix[combination]
-    assert "smoke test passed" in hook_output, hook_output
-    for head in FAMILY_HEADS[KNOB_MATRIX[combination]["family"]]:
-        assert f"ok      forward KnobMatrixFor{head}" in hook_output
-        if head in ("CausalLM", "ConditionalGeneration"):
-            assert f"ok      greedy generation of KnobMatrixFor{head}, with and without the cache" in hook_output
-    assert_clean_text(project)
-    assert_ruff_clean(project)
-    assert_suite_passed(suite)
 
 
 NAMES_OF_24_CHARACTERS = {"model_name": "A" + "b" * 23, "model_type": "a" * 24, "package_name": "p" * 24}
