@@ -391,12 +391,14 @@ def test_a_sharded_checkpoint_converts_into_shards(render, tmp_path):
     assert_same_logits(package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out").eval(), llama)
 
 
-def run_conversion(project: Path, *args, **kwargs) -> subprocess.CompletedProcess:
-    """The generated conversion script's command line, in a process of its own."""
+def run_conversion(project: Path, *args, script: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """The generated conversion script's command line, in a process of its own; `script` (with a `{module}` field
+    for the script's module) runs instead of the module itself."""
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     module = f"{answers['package_name']}.convert_{answers['model_type']}_checkpoint"
     env = {**os.environ, "PYTHONPATH": str(project / "src")}
-    command = [sys.executable, "-m", module, *map(str, args)]
+    program = ["-c", script.format(module=module)] if script is not None else ["-m", module]
+    command = [sys.executable, *program, *map(str, args)]
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, **kwargs)
 
 
@@ -558,18 +560,12 @@ sys.exit(convert.main(sys.argv[1:]))
 
 def test_a_conversion_killed_half_way_leaves_no_output_and_the_next_run_succeeds(render, tmp_path, llama_checkpoint):
     project = render(load_answer_set("llama_equivalent"), name="llama_equivalent")
-    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
-    module = f"{answers['package_name']}.convert_{answers['model_type']}_checkpoint"
     output = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(project / "src")}
     arguments = ["--checkpoint", llama_checkpoint, "--config", llama_checkpoint / "config.json", "--output", output]
-    arguments = [str(argument) for argument in arguments]
 
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLED_AFTER_ONE_TENSOR.format(module=module), *arguments], env=env, capture_output=True
-    )
+    killed = run_conversion(project, *arguments, script=KILLED_AFTER_ONE_TENSOR)
 
-    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not output.exists()
     (staging,) = [path for path in tmp_path.iterdir() if path.name != "llama"]
     assert staging.name.startswith(".out-") and any(staging.glob("*.safetensors"))  # hidden, beside the output
