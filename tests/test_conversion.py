@@ -236,36 +236,54 @@ def test_the_harness_passes_a_faithful_conversion_through_its_command_line(rende
 
     output = capsys.readouterr().out
     assert status == 0, output
-    for point in ("embeddings", "layers.0", "layers.1", "layers.2", "final norm", "logits"):
+    for point in ("embeddings", "layers.0.self_attn", "layers.2.mlp", "layers.2", "final norm", "logits"):
         assert point in output
-    assert "Parity: every point within 1e-05." in output
+    assert "Batch of 2 x 16 tokens, padding: right" in output and "One sequence of 64 tokens" in output
+    assert output.count("Parity: every point compared is within 1e-05.") == 2
     assert "Generation: greedy tokens with the cache equal those of the original." in output
 
 
-def test_the_harness_names_the_layer_where_an_injected_bug_starts(render, tmp_path):
+@pytest.mark.parametrize(
+    "module, point",
+    [
+        ("layers.1.mlp.down_proj", "layers.1.mlp"),
+        ("layers.1.self_attn.o_proj", "layers.1.self_attn"),
+        ("layers.2.post_attention_layernorm", "layers.2.post_attention_layernorm"),
+        ("layers.0.input_layernorm", "layers.0.input_layernorm"),
+    ],
+)
+def test_the_harness_names_the_sub_module_where_an_injected_bug_starts(render, tmp_path, module, point):
     gpt2, converted, compare = convert_gpt2_state_dict(render, tmp_path)
     with torch.no_grad():
-        converted.model.layers[1].mlp.down_proj.bias += 0.05  # the bug
-    inputs = compare.make_inputs(converted.config.vocab_size, batch_size=2, seq_length=8, seed=0)
+        converted.model.get_submodule(module).bias += 0.05  # the bug
+    inputs = compare.make_inputs(converted.config.vocab_size, batch_size=2, seq_length=8, seed=0, padding="right")
 
     results = compare.compare_models(gpt2, converted, inputs)
 
-    by_point = {result.point: result.max_abs_diff for result in results}
-    assert by_point["embeddings"] <= 1e-5 and by_point["layers.0"] <= 1e-5
-    assert compare.first_divergence(results, atol=1e-5).point == "layers.1"
-    assert "first diverge at layers.1" in compare.report(results, atol=1e-5)
+    points = [result.point for result in results]
+    assert points[:4] == [
+        "embeddings",
+        "layers.0.input_layernorm",
+        "layers.0.self_attn",
+        "layers.0.post_attention_layernorm",
+    ]
+    assert all(result.max_abs_diff <= 1e-5 for result in results[: points.index(point)])
+    assert compare.first_divergence(results, atol=1e-5).point == point
+    assert f"first diverge at {point} " in compare.report(results, atol=1e-5)
 
 
 @pytest.mark.parametrize("twin", ["bert", "bart"])
 def test_the_harness_passes_with_the_prefilled_capture_points_of_the_other_families(render, tmp_path, twin):
     original, converted, compare = convert_saved_twin(render, tmp_path, twin)
     original.set_attn_implementation("eager")
-    inputs = compare.make_inputs(converted.config.vocab_size, batch_size=2, seq_length=8, seed=0)
+    inputs = compare.make_inputs(converted.config.vocab_size, batch_size=3, seq_length=8, seed=0, padding="right")
+    assert inputs["attention_mask"].tolist()[1:] == [[1] * 6 + [0] * 2, [1] * 4 + [0] * 4]
 
     results = compare.compare_models(original, converted, inputs)
 
-    assert compare.first_divergence(results, atol=1e-5) is None, compare.report(results, atol=1e-5)
-    assert len(results) >= 4
+    assert compare.parity_holds(results, atol=1e-5), compare.report(results, atol=1e-5)
+    assert not any(result.skipped for result in results), compare.report(results, atol=1e-5)
+    assert len(results) >= 12
 
 
 @pytest.mark.parametrize("twin", ["llama", "bart"])
@@ -365,6 +383,210 @@ def test_keys_the_model_does_not_have_are_listed_and_nothing_is_written(render, 
     assert not (tmp_path / "out").exists()
 
 
+def edited_config(llama_checkpoint: Path, tmp_path: Path, **changes) -> Path:
+    config = json.loads((llama_checkpoint / "config.json").read_text())
+    (tmp_path / "edited_config.json").write_text(json.dumps({**config, **changes}))
+    return tmp_path / "edited_config.json"
+
+
+def test_an_original_config_key_the_config_class_lacks_stops_the_conversion(
+    render, tmp_path, capsys, llama_checkpoint
+):
+    _, convert, _ = generated_modules(render, "llama_equivalent")
+    config = edited_config(llama_checkpoint, tmp_path, rotary_dim=4, qk_layernorm=True)
+
+    status = convert_cli(convert, llama_checkpoint, tmp_path / "out", config=config)
+
+    error = capsys.readouterr().err
+    assert status == 1
+    assert "no field for the original config keys qk_layernorm, rotary_dim" in error
+    assert "CONFIG_KEY_MAPPING" in error and "IGNORED_CONFIG_KEYS" in error and "--allow-unknown-config" in error
+    assert not (tmp_path / "out").exists()
+
+    assert convert_cli(convert, llama_checkpoint, tmp_path / "out", "--allow-unknown-config", config=config) == 0
+    assert (
+        "Ignoring config keys the configuration class does not have: qk_layernorm, rotary_dim"
+        in capsys.readouterr().err
+    )
+
+
+def test_ignored_config_keys_pass_and_implied_values_are_checked(
+    render, tmp_path, capsys, llama_checkpoint, monkeypatch
+):
+    _, convert, _ = generated_modules(render, "llama_equivalent")
+    monkeypatch.setattr(convert, "IGNORED_CONFIG_KEYS", ["dropout_schedule"])
+    config = edited_config(llama_checkpoint, tmp_path, dropout_schedule="cosine", pretraining_tp=1)
+    assert convert_cli(convert, llama_checkpoint, tmp_path / "out", config=config) == 0
+
+    config = edited_config(llama_checkpoint, tmp_path, pretraining_tp=2)
+    status = convert_cli(convert, llama_checkpoint, tmp_path / "other", config=config)
+
+    assert status == 1
+    assert "the original has pretraining_tp=2; this architecture has pretraining_tp=1" in capsys.readouterr().err
+
+
+def test_two_original_keys_that_give_one_field_must_agree(render, tmp_path, capsys):
+    _, convert, _ = generated_modules(render, "bart_equivalent")
+    (tmp_path / "config.json").write_text(json.dumps({"encoder_attention_heads": 4, "decoder_attention_heads": 8}))
+
+    with pytest.raises(convert.ConversionError, match="encoder_attention_heads=4 and decoder_attention_heads=8 both"):
+        convert.read_config_values(tmp_path / "config.json", [])
+    # A flag overrides the file instead
+    (tmp_path / "config.json").write_text(json.dumps({"encoder_attention_heads": 4, "decoder_ffn_dim": 32}))
+    values = convert.read_config_values(tmp_path / "config.json", ["num_attention_heads=8"])
+    assert values == {"num_attention_heads": 8, "intermediate_size": 32}
+
+
+@pytest.mark.parametrize(
+    "flag, field, expected",
+    [
+        ("rms_norm_eps=0", "rms_norm_eps", 0.0),
+        ("head_dim=16.0", "head_dim", 16),
+        ("hidden_act=gelu", "hidden_act", "gelu"),
+        ("tie_word_embeddings=true", "tie_word_embeddings", True),
+    ],
+)
+def test_set_values_take_the_type_of_their_field(render, flag, field, expected):
+    _, convert, _ = generated_modules(render, "llama_equivalent")
+    config = convert.build_config(convert.read_config_values(None, [flag]))
+    value = getattr(config, field)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_new_parameters_fill_what_the_original_lacks_and_a_stale_one_is_refused(render, tmp_path, capsys):
+    package, convert, _ = generated_modules(render, "llama_equivalent")
+    llama = build_twin("llama")
+    llama.save_pretrained(tmp_path / "llama")
+    rules = [
+        convert.NewParameter(r"model\.layers\.\d+\.self_attn\.o_proj\.bias", 0.0),
+        convert.NewParameter(r"model\.layers\.\d+\.mlp\.down_proj\.bias", 1.0),
+        *convert.CHECKPOINT_KEY_RULES,
+    ]
+    values = {**convert.read_config_values(tmp_path / "llama" / "config.json", []), "attention_bias": True}
+    values["mlp_bias"] = True
+    with pytest.raises(convert.ConversionError, match="nothing was written"):
+        convert.convert_checkpoint(tmp_path / "llama", tmp_path / "refused", values)  # q/k/v biases stay unfilled
+    assert "model.layers.0.self_attn.q_proj.bias" in capsys.readouterr().out
+
+    rules.append(convert.NewParameter(r"model\.layers\.\d+\.(?:self_attn\.[qkv]|mlp\.(?:gate|up))_proj\.bias"))
+    convert.convert_checkpoint(tmp_path / "llama", tmp_path / "out", values, rules=rules, model_card=None)
+    converted = package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out")
+    layer = converted.model.layers[1]
+    assert not layer.self_attn.o_proj.bias.any() and bool((layer.mlp.down_proj.bias == 1).all())
+    assert "; 14 new parameters" in capsys.readouterr().out
+
+    stale = [convert.NewParameter(r"model\.norm\.bias"), *convert.CHECKPOINT_KEY_RULES]
+    with pytest.raises(convert.ConversionError, match=r"NewParameter\('model\\\\.norm\\\\.bias'\) matches no key"):
+        convert.convert_checkpoint(tmp_path / "llama", tmp_path / "stale", values, rules=stale)
+
+
+def test_computed_keys_map_a_renumbered_original(render, tmp_path):
+    """An original that numbers its layers from one: `converted` computes the key."""
+    package, convert, _ = generated_modules(render, "llama_equivalent")
+    llama = build_twin("llama")
+    renumbered = {}
+    for key, tensor in llama.state_dict().items():
+        match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", key)
+        renumbered[f"blocks.{int(match[1]) + 1}.{match[2]}" if match else key] = tensor.clone()
+    safetensors.torch.save_file(renumbered, tmp_path / "renumbered.safetensors")
+    llama.config.to_json_file(tmp_path / "config.json")
+    rules = [
+        convert.KeyRule(r"blocks\.(\d+)\.(.+)", lambda match: f"model.layers.{int(match[1]) - 1}.{match[2]}"),
+        *convert.CHECKPOINT_KEY_RULES,
+    ]
+    values = convert.read_config_values(tmp_path / "config.json", [])
+
+    convert.convert_checkpoint(tmp_path / "renumbered.safetensors", tmp_path / "out", values, rules=rules)
+
+    assert_same_logits(package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out").eval(), llama)
+
+
+def test_a_phi3_checkpoint_with_partial_rotary_and_fused_projections_converts_to_parity(render, tmp_path, monkeypatch):
+    """Phi-3 rotates half of each head and fuses q/k/v and gate/up: stock transforms and partial_rotary_factor."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    package, convert, compare = generated_modules(render, "llama_equivalent")
+    torch.manual_seed(0)
+    config = Phi3Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        partial_rotary_factor=0.5,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    phi3 = Phi3ForCausalLM(config).eval()
+    assert phi3.config.rope_parameters["partial_rotary_factor"] == 0.5
+    phi3.save_pretrained(tmp_path / "phi3")
+    rules = [
+        convert.KeyRule(
+            r"model\.layers\.(\d+)\.self_attn\.qkv_proj\.weight",
+            tuple(rf"model.layers.\1.self_attn.{name}_proj.weight" for name in "qkv"),
+            convert.split_qkv(),
+        ),
+        convert.KeyRule(
+            r"model\.layers\.(\d+)\.mlp\.gate_up_proj\.weight",
+            (r"model.layers.\1.mlp.gate_proj.weight", r"model.layers.\1.mlp.up_proj.weight"),
+            convert.split_gate_up(("gate", "up")),
+        ),
+        *convert.CHECKPOINT_KEY_RULES,
+    ]
+    ignored = ["original_max_position_embeddings", "resid_pdrop", "embd_pdrop", "sliding_window"]
+    monkeypatch.setattr(convert, "IGNORED_CONFIG_KEYS", [*convert.IGNORED_CONFIG_KEYS, *ignored])
+    values = convert.read_config_values(tmp_path / "phi3" / "config.json", [])
+
+    convert.convert_checkpoint(tmp_path / "phi3", tmp_path / "out", values, rules=rules, model_card=None)
+
+    converted = package.OracleLlamaForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert converted.model.rotary_emb.inv_freq.numel() == 64 // 4 // 4  # half of each 16-dim head rotates
+    phi3.set_attn_implementation("eager")
+    inputs = compare.make_inputs(128, batch_size=3, seq_length=12, seed=0, padding="right")
+    results = compare.compare_models(phi3, converted, inputs, original_points=compare.CONVERTED_CAPTURE_POINTS)
+    assert compare.parity_holds(results, atol=1e-5), compare.report(results, atol=1e-5)
+    prompts = compare.make_inputs(128, batch_size=2, seq_length=8, seed=1)["input_ids"]
+    generation = compare.compare_generation(phi3, converted, prompts, new_tokens=8)
+    assert generation.reference == "the original" and generation.matches, compare.generation_report(generation)
+
+
+def test_the_harness_refuses_a_missing_converted_folder_in_one_line(render, tmp_path, capsys):
+    _, _, compare = generated_modules(render, "llama_equivalent")
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--original", "original:load_model", "--converted", str(tmp_path / "nowhere")])
+
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--converted {tmp_path / 'nowhere'} is not a converted model folder (no config.json)" in error
+    assert "Traceback" not in error
+
+
+def test_the_harness_shows_points_either_side_lacks_or_never_runs_as_skipped(render, tmp_path):
+    original, converted, compare = convert_saved_twin(render, tmp_path, "llama")
+    inputs = compare.make_inputs(converted.config.vocab_size, batch_size=2, seq_length=8, seed=0, padding="left")
+    # The twin is a LlamaForCausalLM: its module names are the converted model's
+    original_points = {**compare.CONVERTED_CAPTURE_POINTS, "only in the original": "model.norm"}
+    original_points.pop("layers.{index}.mlp")
+    original.model.never_called = torch.nn.Identity()
+    original_points["final norm"] = "model.never_called"
+
+    results = compare.compare_models(original, converted, inputs, original_points=original_points)
+
+    by_point = {result.point: result for result in results}
+    assert by_point["layers.0.mlp"].skipped and by_point["layers.0.mlp"].note == "(not in ORIGINAL_CAPTURE_POINTS)"
+    assert by_point["only in the original"].note == "(not in CONVERTED_CAPTURE_POINTS)"
+    assert by_point["final norm"].note == "(the original never ran model.never_called)"
+    assert [result.point for result in results][-1] == "only in the original"
+    assert compare.parity_holds(results, atol=1e-5), compare.report(results, atol=1e-5)
+    rows = {line.split()[0]: line for line in compare.report(results, atol=1e-5).splitlines()}
+    assert rows["layers.0.mlp"].split()[2] == "skipped"
+    assert rows["layers.0.self_attn"].split()[2] == "ok"
+    assert not compare.parity_holds([compare.PointResult("logits", None, skipped=True)], atol=1e-5)
+
+
 @pytest.mark.parametrize("file_name", ["broken.safetensors", "broken.pt"])
 def test_a_corrupted_checkpoint_is_reported_and_nothing_is_written(render, tmp_path, capsys, file_name):
     _, convert, _ = generated_modules(render, "llama_equivalent")
@@ -435,6 +657,17 @@ STREAMED_CASES = {
 }
 
 
+# 0.6.0's knobs, at the values that keep the 0.4.0 architecture
+CONFIG_FIELDS_ADDED_SINCE_0_4_0 = {
+    "logit_scale": 1.0,
+    "attention_bias": True,
+    "mlp_bias": True,
+    "layer_norm_bias": True,
+    "embedding_layer_norm": True,
+    "masked_lm_transform": True,
+}
+
+
 @pytest.mark.parametrize("case", list(STREAMED_CASES))
 def test_the_streamed_conversion_writes_the_same_bytes_as_the_0_4_0_script(render, released_template, tmp_path, case):
     """0.4.0 loaded every tensor, filled a model and called save_pretrained; the tensors now stream one at a time."""
@@ -460,11 +693,16 @@ def test_the_streamed_conversion_writes_the_same_bytes_as_the_0_4_0_script(rende
 
     files = sorted(path.name for path in outputs["0.4.0"].iterdir())
     assert files == sorted(path.name for path in outputs["now"].iterdir())
-    # Everything but the copied code files, which follow the template's modeling code
-    compared = [name for name in files if not name.endswith(".py")]
+    # Everything but the copied code files, which follow the template's modeling code, and the config fields added
+    # since (with their defaults)
+    compared = [name for name in files if not name.endswith(".py") and name != "config.json"]
     assert any(name.endswith(".safetensors") for name in compared)
     for name in compared:
         assert (outputs["now"] / name).read_bytes() == (outputs["0.4.0"] / name).read_bytes(), name
+    configs = {name: json.loads((output / "config.json").read_text()) for name, output in outputs.items()}
+    for added in set(configs["now"]) - set(configs["0.4.0"]):
+        assert configs["now"].pop(added) == CONFIG_FIELDS_ADDED_SINCE_0_4_0[added]
+    assert configs["now"] == configs["0.4.0"]
 
 
 def write_shards(tensors: dict[str, torch.Tensor], folder: Path, shards: list[list[str]], suffix: str) -> None:

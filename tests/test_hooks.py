@@ -86,6 +86,7 @@ def test_copy_formats_smoke_tests_and_commits(template_dir, tmp_path):
     assert ruff("format", "--check", "--no-cache", str(destination)).returncode == 0
 
 
+@pytest.mark.hook_script
 def test_without_git_identity_the_repository_is_initialised_but_not_committed(render, tmp_path):
     project = render({"smoke_test": False}, name="no-identity")
     home = tmp_path / "home"
@@ -100,6 +101,7 @@ def test_without_git_identity_the_repository_is_initialised_but_not_committed(re
     assert "commit the files" in result.stdout
 
 
+@pytest.mark.hook_script
 def test_smoke_failure_prints_traceback_and_rerun_command_and_keeps_every_file(render):
     project = render({"model_name": "BrokenModel", "package_name": "broken_model"}, name="broken")
     modeling = project / "src" / "broken_model" / "modeling_broken_model.py"
@@ -120,6 +122,7 @@ def test_smoke_failure_prints_traceback_and_rerun_command_and_keeps_every_file(r
     assert set(files_before) <= files_after
 
 
+@pytest.mark.hook_script
 def test_a_forward_pass_that_misses_its_cache_fails_the_smoke_test_with_both_token_lists(render):
     project = render({"tokenizer": "none"}, name="cache-missed")
     modeling = project / "src" / "brand_new_bert" / "modeling_brand_new_bert.py"
@@ -138,6 +141,7 @@ def test_a_forward_pass_that_misses_its_cache_fails_the_smoke_test_with_both_tok
     assert "smoke test FAILED" in result.stdout
 
 
+@pytest.mark.hook_script
 def test_a_model_type_the_installed_transformers_registers_is_a_reported_problem(render):
     project = render({"tokenizer": "none"}, name="type-taken")
     # As if a newer Transformers had added the type after the validators' snapshot was taken
@@ -188,6 +192,7 @@ def test_a_template_given_by_a_relative_path_is_reported_with_the_command_that_r
     assert run_post_generate(destination, env=strict_env, **arguments).returncode == 0, "an absolute path is fine"
 
 
+@pytest.mark.hook_script
 def test_missing_torch_skips_the_smoke_test_with_instructions(render, bare_python):
     project = render({"smoke_test": True}, name="no-torch")
     env = {**os.environ, "PATH": f"{bare_python}{os.pathsep}{os.environ['PATH']}"}
@@ -200,6 +205,7 @@ def test_missing_torch_skips_the_smoke_test_with_instructions(render, bare_pytho
     assert "format: ruff format" in result.stdout
 
 
+@pytest.mark.hook_script
 def test_missing_formatter_is_reported_and_files_stay_unformatted(render, bare_python):
     project = render({"smoke_test": False}, name="no-ruff")
     modeling = next(project.glob("src/*/modeling_*.py"))
@@ -213,6 +219,7 @@ def test_missing_formatter_is_reported_and_files_stay_unformatted(render, bare_p
     assert modeling.read_text() == before
 
 
+@pytest.mark.hook_script
 def test_update_renders_are_left_alone(tmp_path):
     result = run_post_generate(tmp_path, operation="update")
 
@@ -244,6 +251,7 @@ def fake_python(directory: Path, blocked_module: str) -> Path:
     return directory
 
 
+@pytest.mark.hook_script
 def test_missing_transformers_skips_the_smoke_test_with_instructions(render, tmp_path):
     project = render({}, name="no-transformers")
     bin_dir = fake_python(tmp_path / "bin", "transformers")
@@ -313,6 +321,7 @@ def unprivileged_interpreter() -> list[str] | None:
     return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(system_python)]
 
 
+@pytest.mark.hook_script
 def test_a_read_only_destination_is_reported_and_nothing_is_lost(render):
     project = render({"smoke_test": False}, name="read-only")
     readable_copy = Path(tempfile.mkdtemp())  # outside root's private pytest folder, for `nobody`
@@ -415,6 +424,7 @@ def test_hooks_stay_offline_and_write_only_in_the_destination_and_the_temp_dir(t
     assert sorted(path.relative_to(home) for path in home.rglob("*")) == home_before
 
 
+@pytest.mark.hook_script
 @pytest.mark.parametrize(("strict", "status"), [(False, 0), (True, 2)])
 def test_conflicts_left_by_an_update_are_listed_and_strict_mode_fails_on_them(tmp_path, strict, status):
     project = tmp_path / "project"
