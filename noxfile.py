@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -207,8 +208,32 @@ def record_compatibility(session: nox.Session, name: str) -> None:
     COMPATIBILITY.write_text("\n".join(lines) + "\n")
 
 
+def has_the_pinned_requirements() -> bool:
+    """Whether the interpreter running nox has every requirement of requirements-dev.txt, at constraints.txt's pin
+    where there is one: as after the README's set-up, `python -m pip install -r requirements-dev.txt`."""
+    lines = CONSTRAINTS.read_text().splitlines()
+    pins = {pinned_name(line): Requirement(line.split("#")[0]) for line in lines if pinned_name(line)}
+    for line in REQUIREMENTS.read_text().splitlines():
+        if line.startswith("-c ") or pinned_name(line) is None:
+            continue
+        requirement = Requirement(line.split("#")[0])
+        try:
+            installed = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        pin = pins.get(canonicalize_name(requirement.name))
+        if not requirement.specifier.contains(installed) or (pin and not pin.specifier.contains(installed)):
+            return False
+    return True
+
+
 def shared_environment(session: nox.Session) -> tuple[Path, dict[str, str]]:
-    """Create or refresh the shared environment; returns its bin directory and the env vars that activate it."""
+    """The environment `render` and `tests` run in: nox's own when it has the pinned requirements (CI's, after the
+    README's set-up), else a shared one created or refreshed here. Returns its bin directory and the env vars that
+    activate it."""
+    if has_the_pinned_requirements():
+        bin_dir = Path(sys.executable).parent
+        return bin_dir, {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": sys.prefix}
     bin_dir = SHARED_ENV / ("Scripts" if sys.platform == "win32" else "bin")
     python = bin_dir / ("python.exe" if sys.platform == "win32" else "python")
     stamp = SHARED_ENV / "requirements.sha256"

@@ -230,10 +230,10 @@ def run_generated_tests(project: Path, *pytest_args: str) -> subprocess.Complete
     )
 
 
-def run_generated_test_suites(projects: dict[str, Path]) -> dict[str, subprocess.CompletedProcess]:
+def run_generated_test_suites(projects: dict[str, Path], *pytest_args: str) -> dict[str, subprocess.CompletedProcess]:
     """Each project's own test suite, two at a time (each runs in its own process)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        results = {name: pool.submit(run_generated_tests, project) for name, project in projects.items()}
+        results = {name: pool.submit(run_generated_tests, project, *pytest_args) for name, project in projects.items()}
         return {name: result.result() for name, result in results.items()}
 
 

@@ -45,7 +45,9 @@ def knob_matrix(render) -> dict[str, tuple[Path, str, subprocess.CompletedProces
         with captured_output_of_subprocesses() as output:
             projects[name] = render(answers, name="knob-matrix", tasks=True)
         hook_outputs[name] = output[0]
-    suites = run_generated_test_suites(projects)
+    # Loading a saved checkpoint with remote code in a fresh interpreter (10 s a suite) depends on the package's
+    # module layout, which no knob changes: the answer sets' suites run it
+    suites = run_generated_test_suites(projects, "-k", "not test_saved_checkpoint_loads_with_remote_code")
     return {name: (projects[name], hook_outputs[name], suites[name]) for name in KNOB_MATRIX}
 
 
