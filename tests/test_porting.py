@@ -218,6 +218,11 @@ def run_module(project: Path, module: str, *args) -> subprocess.CompletedProcess
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
 
 
+def convert_port(project: Path, package: str, model_type: str, output: str) -> subprocess.CompletedProcess:
+    arguments = ["--checkpoint", "research.pt", "--config", "research_config.json", "--output", output]
+    return run_module(project, f"{package}.convert_{model_type}_checkpoint", *arguments)
+
+
 @pytest.fixture(scope="module")
 def ported(tmp_path_factory):
     """port name -> (project, package name, model type), rendered, its scripts filled in, the original saved."""
@@ -253,11 +258,7 @@ def test_each_port_needs_fewer_lines_than_the_budget(port):
 def test_research_code_ports_to_parity_on_padded_batches_long_inputs_and_generation(ported, port):
     project, package, model_type = ported[port]
 
-    converted = run_module(
-        project,
-        f"{package}.convert_{model_type}_checkpoint",
-        *("--checkpoint", "research.pt", "--config", "research_config.json", "--output", "converted"),
-    )
+    converted = convert_port(project, package, model_type, "converted")
     assert converted.returncode == 0, converted.stdout + converted.stderr
     assert "0 unused" in converted.stdout and "Model keys no original tensor filled" not in converted.stdout
 
@@ -280,12 +281,12 @@ def test_research_code_ports_to_parity_on_padded_batches_long_inputs_and_generat
 
 def test_the_decoder_port_matches_on_left_padded_batches_too(ported):
     project, package, model_type = ported["decoder"]
-    if not (project / "converted").exists():
-        pytest.skip("needs the conversion of the parity test")
+    converted = convert_port(project, package, model_type, "converted-for-left-padding")
+    assert converted.returncode == 0, converted.stdout + converted.stderr
     compared = run_module(
         project,
         f"{package}.compare_{model_type}_with_original",
-        *("--original", "research_decoder:load_model", "--converted", "converted"),
+        *("--original", "research_decoder:load_model", "--converted", "converted-for-left-padding"),
         *("--padding", "left", "--long-length", "0", "--new-tokens", "0"),
     )
     assert compared.returncode == 0, compared.stdout + compared.stderr
