@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from register_in_tree import REFUSED, register
@@ -42,6 +42,7 @@ class Project:
 
     module: str  # dotted name of the folder that holds the model's modules
     registration: dict  # what register_in_tree.py inserts; empty for a package
+    input_ranks: dict = field(default_factory=dict)  # model class -> rank of its input ids, where not 2
 
     @property
     def in_tree(self) -> bool:
@@ -129,6 +130,7 @@ def smoke_test(python: str | None, project: Project, tiny_config: str) -> int:
         "--src=src",
         f"--package={project.module}",
         f"--tiny-config={tiny_config}",
+        f"--input-ranks={json.dumps(project.input_ranks)}",
     ]
     result = subprocess.run(command)
     if result.returncode == 0:
@@ -209,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operation", required=True, help="Copier's _copier_operation: copy or update")
     parser.add_argument("--tiny-config", required=True, type=json.loads)
     parser.add_argument("--registration", type=json.loads, default={}, help="set in a Transformers checkout")
+    parser.add_argument("--smoke-inputs", type=json.loads, default={}, help="model class -> rank of its input ids")
     parser.add_argument("--answers-file", type=Path, help="Copier's answers file, relative to the destination")
     args = parser.parse_args(argv)
-    project = Project(args.package, args.registration)
+    project = Project(args.package, args.registration, args.smoke_inputs)
 
     if args.operation != "copy":
         # Copier also runs tasks in the temporary renders it makes while updating; none of them is the project,

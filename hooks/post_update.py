@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke-test", choices=["true", "false"], required=True)
     parser.add_argument("--tiny-config", required=True, type=json.loads)
     parser.add_argument("--registration", type=json.loads, default={}, help="set in a Transformers checkout")
+    parser.add_argument("--smoke-inputs", type=json.loads, default={}, help="model class -> rank of its input ids")
     args = parser.parse_args(argv)
-    project = Project(args.package, args.registration)
+    project = Project(args.package, args.registration, args.smoke_inputs)
 
     # In a checkout only the model's own files can hold conflicts; the rest of the tree is not the template's
     markers = conflict_markers(Path.cwd(), project.generated_paths)

@@ -2,7 +2,8 @@
 
 Run from the checkout's root by post_generate.py and post_update.py, with the template's `registration` answer:
     python register_in_tree.py --registration '{"model_type": "x", "config_class": "XConfig", "title": "X",
-                                                 "model_classes": {"XModel": "AutoModel"}, "tokenizer_class": ""}'
+        "model_mappings": {"XModel": "MODEL_MAPPING_NAMES"}, "tokenizer_class": ""}'
+`model_mappings` names the auto mapping of each model class (copier.yml's head_table says which).
 Only inserts what is missing, each entry at its place in the mapping's order, so a second run changes nothing. Every
 check runs before the first write: a destination that is not a checkout, a model type registered for another model or
 a file it cannot write stops it with one message and exit status 6, with no file changed.
@@ -27,16 +28,6 @@ CONFIG_MAPPING_FILES = (MODELS / "auto/auto_mappings.py", MODELS / "auto/configu
 MODELS_INIT = MODELS / "__init__.py"
 TOCTREE = Path("docs/source/en/_toctree.yml")
 TOCTREE_SECTION = "Text models"
-MAPPING_OF_AUTO_CLASS = {
-    "AutoModel": "MODEL_MAPPING_NAMES",
-    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
-    "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
-    "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
-    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForQuestionAnswering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
-    "AutoModelForMultipleChoice": "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES",
-}
 ENTRY_KEY = re.compile(r'^\s+\("([^"]+)",')
 
 
@@ -179,8 +170,8 @@ def plan(registration: dict) -> list[Insertion]:
     planned = [entry(config_file, "CONFIG_MAPPING_NAMES", f'"{registration["config_class"]}"')]
     if "MODEL_NAMES_MAPPING = OrderedDict(" in lines_of(config_file):
         planned.append(entry(config_file, "MODEL_NAMES_MAPPING", f'"{registration["title"]}"'))
-    for model_class, auto_class in registration["model_classes"].items():
-        planned.append(entry(MODELING_AUTO, MAPPING_OF_AUTO_CLASS[auto_class], f'"{model_class}"'))
+    for model_class, mapping in registration["model_mappings"].items():
+        planned.append(entry(MODELING_AUTO, mapping, f'"{model_class}"'))
     if registration["tokenizer_class"]:
         value = f'"{registration["tokenizer_class"]}" if is_tokenizers_available() else None'
         planned.append(entry(TOKENIZATION_AUTO, "TOKENIZER_MAPPING_NAMES", value))

@@ -2,7 +2,8 @@
 generate also generate greedily with and without the cache, which must give the same tokens.
 
 Runs in the user's own interpreter (`python` on PATH), which is the one that has torch and Transformers:
-    python smoke_test.py --src DST/src --package PACKAGE --tiny-config '{"hidden_size": 32, ...}'
+    python smoke_test.py --src DST/src --package PACKAGE --tiny-config '{"hidden_size": 32, ...}' \
+        --input-ranks '{"XForMultipleChoice": 3}'
 Exit status: 0 passed, 1 failed (traceback printed), 3 skipped because torch or Transformers is missing,
 7 passed but the installed Transformers registers the package's model_type itself.
 """
@@ -57,7 +58,7 @@ def check_cached_generation(model, input_ids, attention_mask) -> None:
         )
 
 
-def run(package_name: str, tiny_config: dict) -> bool:
+def run(package_name: str, tiny_config: dict, input_ranks: dict[str, int]) -> bool:
     """Every step of the smoke test; returns whether the installed Transformers registers the model type itself."""
     import torch
     import transformers
@@ -90,9 +91,9 @@ def run(package_name: str, tiny_config: dict) -> bool:
     with step(f"{config_class.__name__}(**tiny config)"):
         config = config_class(**tiny_config)
     for model_class in model_classes:
-        # Multiple-choice heads read (batch, choices, sequence); every other model (batch, sequence)
-        multiple_choice = model_class.__name__.endswith("ForMultipleChoice")
-        shape = (BATCH_SIZE, 2, SEQ_LENGTH) if multiple_choice else (BATCH_SIZE, SEQ_LENGTH)
+        # Rank 3 is (batch, choices, sequence), as multiple-choice heads read; every other model (batch, sequence)
+        rank = input_ranks.get(model_class.__name__, 2)
+        shape = (BATCH_SIZE, *[2] * (rank - 2), SEQ_LENGTH)
         input_ids = torch.randint(3, config.vocab_size, shape, generator=torch.Generator().manual_seed(0))
         if isinstance(getattr(config, "eos_token_id", None), int):
             input_ids[..., -1] = config.eos_token_id  # encoder-decoder classifiers read the EOS token
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--src", required=True, help="directory that holds the generated package")
     parser.add_argument("--package", required=True, help="import name of the generated package")
     parser.add_argument("--tiny-config", required=True, type=json.loads, help="config overrides, as JSON")
+    parser.add_argument("--input-ranks", type=json.loads, default={}, help="model class -> rank of its input ids")
     args = parser.parse_args(argv)
 
     # First on the path, so that a model inside a Transformers checkout imports that checkout's transformers
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  {sys.executable}: torch {torch.__version__}, transformers {transformers.__version__} ({transformers.__file__})"
     )
     try:
-        type_taken = run(args.package, args.tiny_config)
+        type_taken = run(args.package, args.tiny_config, args.input_ranks)
     except GenerationMismatch as mismatch:
         print(f"  {mismatch}", flush=True)
         return FAILED

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration
 
-from conftest import import_rendered_package, load_answer_set
+from helpers import import_rendered_package, load_answer_set
 
 SIZES = {"vocab_size": 120, "max_position_embeddings": 64, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
 BART_CONFIG = BartConfig(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-from conftest import import_rendered_package, load_answer_set
+from helpers import import_rendered_package, load_answer_set
 
 ORACLE_CONFIG = {
     "vocab_size": 120,

@@ -28,7 +28,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from conftest import import_rendered_package, load_answer_set
+from helpers import import_rendered_package, load_answer_set
 
 # Tiny random twins of the originals each family's conversion rules are pre-filled for
 TWINS = {

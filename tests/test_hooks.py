@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, ruff
+from helpers import REPO_ROOT, ruff
 
 POST_GENERATE = REPO_ROOT / "hooks" / "post_generate.py"
 POST_UPDATE = REPO_ROOT / "hooks" / "post_update.py"

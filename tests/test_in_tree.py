@@ -23,9 +23,19 @@ import copier
 import pytest
 import yaml
 
-from conftest import FAMILY_HEADS, REPO_ROOT, git, noxfile, ruff
-from test_render_matrix import KNOB_COMBINATIONS, assert_clean_text
-from test_update import NEW, NEW_DOCSTRING, OLD, make_tagged_template
+from helpers import (
+    FAMILY_HEADS,
+    KNOB_COMBINATIONS,
+    NEW,
+    NEW_DOCSTRING,
+    OLD,
+    REPO_ROOT,
+    assert_clean_text,
+    git,
+    make_tagged_template,
+    noxfile,
+    ruff,
+)
 from transformers_checkout import TOCTREE, add_common_tester_stand_ins, build_checkout, download_sdist
 
 REGISTER = REPO_ROOT / "hooks" / "register_in_tree.py"
@@ -190,7 +200,7 @@ def test_registering_again_changes_nothing(checkout):
             "model_type": MODELS[family][1],
             "config_class": f"{MODELS[family][0]}Config",
             "title": MODELS[family][0],
-            "model_classes": {f"{MODELS[family][0]}Model": "AutoModel"},
+            "model_mappings": {f"{MODELS[family][0]}Model": "MODEL_MAPPING_NAMES"},
             "tokenizer_class": "",
         }
         result = subprocess.run(
@@ -332,7 +342,10 @@ REGISTRATION = {
     "model_type": "another_port",
     "config_class": "AnotherPortConfig",
     "title": "AnotherPort",
-    "model_classes": {"AnotherPortModel": "AutoModel", "AnotherPortForCausalLM": "AutoModelForCausalLM"},
+    "model_mappings": {
+        "AnotherPortModel": "MODEL_MAPPING_NAMES",
+        "AnotherPortForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    },
     "tokenizer_class": "AnotherPortTokenizer",
 }
 

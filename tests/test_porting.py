@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import load_answer_set
+from helpers import load_answer_set
 
 RESEARCH_MODELS = Path(__file__).parent / "research_models"
 # The most lines of code a port may need in each generated script (blank lines and comments not counted)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import outside_declared_transformers, run_generated_tests
-from test_render_matrix import assert_clean_text, assert_ruff_clean
+from helpers import assert_clean_text, assert_ruff_clean, outside_declared_transformers, run_generated_tests
 
 STAND_INS = Path(__file__).parent / "qefficient_stand_ins"
 BASE_ANSWERS = {"family": "decoder", "heads": ["CausalLM"], "qefficient": True, "tokenizer": "none"}

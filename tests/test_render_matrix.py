@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import concurrent.futures
-import itertools
 import os
 import re
 import subprocess
@@ -13,85 +11,44 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
+from helpers import (
     ANSWER_SETS,
     FAMILY_HEADS,
     FAMILY_KNOBS,
+    KNOB_COMBINATIONS,
+    assert_clean_text,
+    assert_generated_tests_pass,
+    assert_ruff_clean,
+    assert_suite_passed,
+    combination_id,
+    head_subsets,
     load_answer_set,
     outside_declared_transformers,
     ruff,
     run_generated_test_suites,
-    run_generated_tests,
 )
-
-KNOB_COMBINATIONS = [
-    {"family": family, **dict(zip(knobs, values, strict=True))}
-    for family, knobs in FAMILY_KNOBS.items()
-    for values in itertools.product(*knobs.values())
-]
-
-
-def head_subsets(family: str) -> list[list[str]]:
-    heads = FAMILY_HEADS[family]
-    return [list(subset) for size in range(len(heads) + 1) for subset in itertools.combinations(heads, size)]
-
-
-CACHE_DIRS = {".git", ".ruff_cache", ".pytest_cache", "__pycache__"}
-# Jinja's openings; a closing `}}` is legitimate Python (nested f-string format specs), and `${{` opens an
-# expression of a GitHub workflow
-JINJA_LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|\{#")
-
-
-def combination_id(answers: dict) -> str:
-    knobs = FAMILY_KNOBS[answers["family"]]
-    return "-".join([answers["family"]] + [f"{knob}={answers[knob]}" for knob in knobs])
-
-
-def assert_clean_text(project: Path) -> None:
-    """No Jinja leftovers, trailing spaces, runs of blank lines or missing final newlines in any non-empty file."""
-    for path in sorted(project.rglob("*")):
-        if not path.is_file() or CACHE_DIRS.intersection(path.parts):
-            continue
-        text = path.read_text()
-        name = path.relative_to(project)
-        assert not JINJA_LEFTOVER.search(text), f"Jinja syntax left in {name}"
-        if not text:
-            continue  # an empty package marker, as upstream's tests/models/<x>/__init__.py
-        assert text.endswith("\n") and not text.endswith("\n\n"), f"{name} must end with exactly one newline"
-        for number, line in enumerate(text.splitlines(), start=1):
-            assert line == line.rstrip(), f"trailing whitespace in {name}:{number}"
-        assert "\n\n\n\n" not in text, f"more than two blank lines in a row in {name}"
-        if path.suffix == ".py":
-            ast.parse(text, filename=str(name))
-
-
-def assert_ruff_clean(*paths: Path) -> None:
-    check = ruff("check", "--no-cache", *map(str, paths))
-    assert check.returncode == 0, check.stdout + check.stderr
-    formatting = ruff("format", "--check", "--no-cache", *map(str, paths))
-    assert formatting.returncode == 0, formatting.stdout + formatting.stderr
 
 
 def test_every_family_knob_and_head_combination_renders_clean_code(render):
-    """Every family x knob x heads combination: parseable, ruff-clean, formatting-stable."""
-    projects = []
+    """Every family x knob x heads combination: parseable, ruff-clean, formatting-stable. A failure names every
+    combination that fails, not just the first."""
+    projects, failures = {}, []
     for knobs in KNOB_COMBINATIONS:
         for heads in head_subsets(knobs["family"]):
             answers = {**knobs, "heads": heads, "model_name": "Matrix", "package_name": "matrix"}
-            project = render(answers, name="matrix")
-            assert_clean_text(project)
-            projects.append(project)
-    assert len(projects) == sum(2 ** len(FAMILY_HEADS[knobs["family"]]) for knobs in KNOB_COMBINATIONS)
-    assert_ruff_clean(*projects)
-
-
-def assert_suite_passed(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout and " failed" not in result.stdout
-
-
-def assert_generated_tests_pass(project: Path) -> None:
-    assert_suite_passed(run_generated_tests(project))
+            name = f"{combination_id(answers)} heads={'+'.join(heads) or 'none'}"
+            try:
+                projects[name] = render(answers, name="matrix")
+                assert_clean_text(projects[name])
+            except Exception as error:  # noqa: BLE001 - every combination is reported, whatever it raised
+                failures.append(f"{name}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    assert len(projects) + len(failures) == sum(2 ** len(FAMILY_HEADS[knobs["family"]]) for knobs in KNOB_COMBINATIONS)
+    # One run over every project: ruff names each file that fails
+    for command in (["check", "--no-cache", "--output-format=concise"], ["format", "--check", "--no-cache"]):
+        result = ruff(*command, *map(str, projects.values()))
+        if result.returncode != 0:
+            failures.append(f"ruff {command[0]}:\n{(result.stdout + result.stderr).strip()}")
+    assert not failures, f"{len(failures)} combination(s) fail:\n" + "\n".join(failures)
 
 
 NAMES_OF_24_CHARACTERS = {"model_name": "A" + "b" * 23, "model_type": "a" * 24, "package_name": "p" * 24}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import import_rendered_package
+from helpers import import_rendered_package
 
 # Each family with a tensor-parallel plan, with the knobs that change which projections it shards
 TP_CASES = {
@@ -121,7 +121,7 @@ def test_every_family_with_a_plan_is_tested():
     plans = {
         path.parent.name
         for path in Path(__file__).parent.parent.glob("template/_includes/*/configuration.py.jinja")
-        if "base_model_tp_plan" in path.read_text()
+        if "tensor_parallel_plan(" in path.read_text()  # blocks/configuration.jinja writes base_model_tp_plan
     }
     tested = {answers.get("family", "decoder") for answers, _ in TP_CASES.values()}
     assert plans == tested

@@ -10,7 +10,7 @@ import yaml
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, BertTokenizer, GPT2Tokenizer
 
-from conftest import FAMILY_KNOBS, import_rendered_package, load_answer_set, ruff, run_generated_tests
+from helpers import FAMILY_KNOBS, import_rendered_package, load_answer_set, ruff, run_generated_tests
 
 TOKENIZER_KINDS = ["none", "reuse", "bpe", "wordpiece", "unigram"]
 # Accents, CJK, Cyrillic, punctuation, emoji, whitespace runs and tabs

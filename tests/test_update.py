@@ -12,61 +12,18 @@ import copier
 import pytest
 import yaml
 
-from conftest import FAMILY_KNOBS, REPO_ROOT, git
-
-OLD, NEW = "0.1.0", "0.2.0"
-MODELING = "src/brand_new_bert/modeling_brand_new_bert.py"
-# The lines version 0.2.0 changes, as rendered
-OLD_DOCSTRING = '"""PyTorch BrandNewBert model."""'
-NEW_DOCSTRING = '"""PyTorch BrandNewBert model, as improved in version 0.2.0."""'
-OLD_VARIANCE = "        variance = hidden_states.pow(2).mean(-1, keepdim=True)"
-NEW_VARIANCE = "        variance = hidden_states.pow(2).mean(dim=-1, keepdim=True)"
-
-
-def edit_template_file(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} is not in {path}: the test's template change no longer applies"
-    path.write_text(text.replace(old, new, 1))
-
-
-RENAME_MIGRATION = """_migrations:
-  - version: "0.2.0"
-    when: "{{ _stage == 'before' }}"
-    command:
-      - "{{ _copier_python }}"
-      - "{{ _copier_conf.src_path }}/hooks/migrations/rename_files.py"
-      - "--version=0.2.0"
-      - "--answers-file={{ _copier_conf.answers_file }}"
-"""
-
-
-def make_tagged_template(template_dir: Path, repo: Path, rename_readme: bool = False, migration: bool = True) -> Path:
-    """A git copy of the template: the working tree tagged OLD, then a commit with NEW's changes tagged NEW."""
-    shutil.copytree(template_dir, repo)
-    git(repo, "init", "--quiet")
-    git(repo, "add", "--all")
-    git(repo, "commit", "--quiet", "-m", "old version")
-    git(repo, "tag", OLD)
-
-    if rename_readme:
-        readme = "{% if not in_tree %}README.md{% endif %}.jinja"
-        (repo / "template" / "docs").mkdir(exist_ok=True)
-        git(repo, "mv", f"template/{readme}", f"template/docs/{readme}")
-        if migration:
-            registry = repo / "hooks" / "migrations" / "renames.yml"
-            entry = "renames:\n  - version: 0.2.0\n    from: README.md\n    to: docs/README.md\n"
-            registry.write_text(registry.read_text().replace("renames: []\n", entry))
-            edit_template_file(repo / "copier.yml", "_migrations:\n", RENAME_MIGRATION)
-    modeling = repo / "template" / "_includes" / "decoder" / "modeling.py.jinja"
-    edit_template_file(
-        modeling, '"""PyTorch {{ model_name }} model."""', NEW_DOCSTRING.replace("BrandNewBert", "{{ model_name }}")
-    )
-    edit_template_file(modeling, OLD_VARIANCE.strip(), NEW_VARIANCE.strip())
-    (repo / "template" / "CONTRIBUTING.md.jinja").write_text("# Contributing to {{ model_name }}\n")
-    git(repo, "add", "--all")
-    git(repo, "commit", "--quiet", "-m", "new version")
-    git(repo, "tag", NEW)
-    return repo
+from helpers import (
+    FAMILY_KNOBS,
+    MODELING,
+    NEW,
+    NEW_DOCSTRING,
+    NEW_VARIANCE,
+    OLD,
+    OLD_VARIANCE,
+    REPO_ROOT,
+    git,
+    make_tagged_template,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import copier
 import pytest
 import yaml
 
-from conftest import FAMILY_HEADS, FAMILY_KNOBS, REPO_ROOT
+from helpers import FAMILY_HEADS, FAMILY_KNOBS, HEAD_TABLE, REPO_ROOT
 
 BAD_ANSWERS = {
     "model_name-lower-case": ({"model_name": "brandNewBert"}, "model_name must be CamelCase"),
@@ -160,11 +160,12 @@ def test_each_family_accepts_exactly_the_choices_of_the_matrix(template_dir, tmp
     asked = {**FAMILY_KNOBS[family], "heads": FAMILY_HEADS[family]}
     for question, allowed in asked.items():
         spec = questions[question]
-        values = (
-            [True, False]
-            if spec["type"] == "bool"
-            else [choice["value"] if isinstance(choice, dict) else choice for choice in spec["choices"].values()]
-        )
+        if spec["type"] == "bool":
+            values = [True, False]
+        elif question == "heads":
+            values = list(HEAD_TABLE)  # its choices are rendered from the table, a choice per row
+        else:
+            values = [choice["value"] if isinstance(choice, dict) else choice for choice in spec["choices"].values()]
         for value in values:
             answer = [value] if question == "heads" else value
             accepted = answers_are_accepted(template_dir, tmp_path, {"family": family, question: answer})

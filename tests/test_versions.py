@@ -8,7 +8,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from conftest import REPO_ROOT, declared_transformers, noxfile
+from helpers import REPO_ROOT, declared_transformers, noxfile
 
 
 def lowest_version(requirement: Requirement) -> Version:

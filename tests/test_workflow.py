@@ -15,8 +15,7 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from conftest import REPO_ROOT, git, load_answer_set
-from test_render_matrix import assert_clean_text
+from helpers import REPO_ROOT, assert_clean_text, git, load_answer_set
 
 WORKFLOW = Path(".github/workflows/tests.yml")
 WORKFLOW_TEMPLATE = REPO_ROOT / "template" / "{% if not in_tree %}.github{% endif %}" / "workflows" / "tests.yml.jinja"

@@ -1,0 +1,351 @@
+"""What the template's tests share besides fixtures (those are in conftest.py): answer sets, the families' knobs
+and heads, rendering checks, running generated suites, git and the noxfile's release logic."""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures
+import contextlib
+import importlib
+import importlib.metadata
+import importlib.util
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+# Nothing in the template's checks may reach the Hub: generated code, hooks and tests work offline.
+os.environ["HF_HUB_OFFLINE"] = "1"
+# One torch thread in this process and in every child (hooks, generated suites, workers): the models are tiny, and
+# the xdist workers and the suites they run share the cores. More threads than cores spin and slow everything down.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ANSWERS_DIR = Path(__file__).parent / "answers"
+TEMPLATE_FILES = ["copier.yml", "template", "hooks"]
+
+
+def load_answer_set(name: str) -> dict:
+    return yaml.safe_load((ANSWERS_DIR / f"{name}.yml").read_text()) or {}
+
+
+ANSWER_SETS = sorted(path.stem for path in ANSWERS_DIR.glob("*.yml"))
+
+# The code-changing knobs each family asks, with every value it allows (test_validators checks the others are
+# rejected).
+FAMILY_KNOBS = {
+    "decoder": {
+        "normalization": ["rms_norm", "layer_norm"],
+        "position_embedding": ["rope", "learned", "none"],
+        "mlp": ["gated_silu", "gelu"],
+    },
+    "encoder": {
+        "position_embedding": ["learned", "rope"],
+        "norm_placement": ["post", "pre"],
+        "token_type_embeddings": [True, False],
+        "pooler": [True, False],
+    },
+    "encoder-decoder": {},
+}
+# copier.yml's head_table: a row per head, with the families that offer it
+HEAD_TABLE = yaml.safe_load((REPO_ROOT / "copier.yml").read_text())["head_table"]["default"]
+FAMILY_HEADS = {
+    family: [head for head, row in HEAD_TABLE.items() if family in row["output_classes"]] for family in FAMILY_KNOBS
+}
+
+
+JINJA_COMPILER_OPTIONS = [
+    *["block_start_string", "block_end_string", "variable_start_string", "variable_end_string"],
+    *["comment_start_string", "comment_end_string", "line_statement_prefix", "line_comment_prefix"],
+    *["trim_blocks", "lstrip_blocks", "newline_sequence", "keep_trailing_newline", "optimized", "autoescape"],
+    "finalize",
+]
+
+
+# The noxfile's release and version logic, which the tests check (importing it needs nox, as the sessions do)
+NOXFILE_SPEC = importlib.util.spec_from_file_location("noxfile", REPO_ROOT / "noxfile.py")
+noxfile = importlib.util.module_from_spec(NOXFILE_SPEC)
+NOXFILE_SPEC.loader.exec_module(noxfile)
+
+
+def git(repo: Path, *args: str) -> str:
+    identity = ["-c", "user.name=Porter", "-c", "user.email=porter@example.com", "-c", "commit.gpgsign=false"]
+    result = subprocess.run(["git", *identity, *args], cwd=repo, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def clone(destination: Path, *options: str) -> Path:
+    """A clone of this repository (the release tests need its history)."""
+    if not (REPO_ROOT / ".git").exists():
+        pytest.fail("the release tests need the template's git history: run them in a clone of the repository")
+    subprocess.run(["git", "clone", "--quiet", *options, str(REPO_ROOT), str(destination)], check=True)
+    if (destination / ".git" / "shallow").exists():
+        pytest.fail("the release tests need the whole history: git fetch --unshallow")
+    return destination
+
+
+Render = Callable[..., Path]
+
+
+def declared_transformers(project: Path) -> Requirement:
+    """The Transformers requirement of a generated package's pyproject.toml."""
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(Requirement(line) for line in dependencies if Requirement(line).name == "transformers")
+
+
+def outside_declared_transformers(project: Path) -> str | None:
+    """Why the installed Transformers cannot run a generated package (the range it declares excludes it), or None."""
+    installed = importlib.metadata.version("transformers")
+    requirement = declared_transformers(project)
+    if requirement.specifier.contains(installed, prereleases=True):
+        return None
+    return f"transformers {installed} is installed; {project.name} declares {requirement}: a nox session installs one"
+
+
+def package_modules(project: Path) -> list[str]:
+    """The dotted names of every module a generated package holds (src/<package>/**/*.py)."""
+    return sorted(
+        ".".join(path.relative_to(project / "src").with_suffix("").parts).removesuffix(".__init__")
+        for path in (project / "src").glob("*/**/*.py")
+    )
+
+
+def deprecations_are_errors(project: Path) -> list[str]:
+    """pytest options that fail on any FutureWarning or DeprecationWarning the generated package's own code causes
+    (an API that upstream renamed); warnings that Transformers or torch raise about themselves stay warnings."""
+    modules = package_modules(project)
+    errors = [
+        f"-Werror::{category}:{module}" for module in modules for category in ("FutureWarning", "DeprecationWarning")
+    ]
+    # Later filters win. Transformers 5.5.4 (QEfficient's pin) hands a tokenizer's `from_pretrained` file paths,
+    # which tokenizers 0.22 (the newest 5.5.4 admits) deprecates in `BPE(...)` ("Deprecated in 0.9.0: BPE.__init__
+    # will not create from files anymore"); later releases pass the loaded vocabulary
+    tokenizers = [module for module in modules if module.rpartition(".")[2].startswith("tokenization_")]
+    return errors + [f"-Wignore:Deprecated in 0.9.0:DeprecationWarning:{module}" for module in tokenizers]
+
+
+def run_generated_tests(project: Path, *pytest_args: str) -> subprocess.CompletedProcess:
+    """Run a generated project's own test suite with the interpreter running this one; deprecations that the
+    package's code causes are errors.
+
+    One torch thread: the tiny models gain nothing from more, and two suites can then share two cores."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *deprecations_are_errors(project)]
+    return subprocess.run(
+        [*pytest, *pytest_args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def run_generated_test_suites(projects: dict[str, Path], *pytest_args: str) -> dict[str, subprocess.CompletedProcess]:
+    """Each project's own test suite, two at a time (each runs in its own process)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = {name: pool.submit(run_generated_tests, project, *pytest_args) for name, project in projects.items()}
+        return {name: result.result() for name, result in results.items()}
+
+
+@contextlib.contextmanager
+def captured_output_of_subprocesses() -> Iterator[list[str]]:
+    """What child processes write to this process's stdout (Copier's tasks inherit it), as one string."""
+    output: list[str] = []
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield output
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            output.append(sink.read().decode(errors="replace"))
+
+
+def import_rendered_package(project: Path, package_name: str):
+    """Import a rendered package in this process; oracle answer sets give each one a unique name."""
+    sys.path.insert(0, str(project / "src"))
+    try:
+        return importlib.import_module(package_name)
+    finally:
+        sys.path.remove(str(project / "src"))
+
+
+def ruff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ruff", *args], capture_output=True, text=True, cwd=cwd)
+
+
+KNOB_COMBINATIONS = [
+    {"family": family, **dict(zip(knobs, values, strict=True))}
+    for family, knobs in FAMILY_KNOBS.items()
+    for values in itertools.product(*knobs.values())
+]
+
+
+def head_subsets(family: str) -> list[list[str]]:
+    heads = FAMILY_HEADS[family]
+    return [list(subset) for size in range(len(heads) + 1) for subset in itertools.combinations(heads, size)]
+
+
+CACHE_DIRS = {".git", ".ruff_cache", ".pytest_cache", "__pycache__"}
+# Jinja's openings; a closing `}}` is legitimate Python (nested f-string format specs), and `${{` opens an
+# expression of a GitHub workflow
+JINJA_LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|\{#")
+
+
+def combination_id(answers: dict) -> str:
+    knobs = FAMILY_KNOBS[answers["family"]]
+    return "-".join([answers["family"]] + [f"{knob}={answers[knob]}" for knob in knobs])
+
+
+def assert_clean_text(project: Path) -> None:
+    """No Jinja leftovers, trailing spaces, runs of blank lines or missing final newlines in any non-empty file."""
+    for path in sorted(project.rglob("*")):
+        if not path.is_file() or CACHE_DIRS.intersection(path.parts):
+            continue
+        text = path.read_text()
+        name = path.relative_to(project)
+        assert not JINJA_LEFTOVER.search(text), f"Jinja syntax left in {name}"
+        if not text:
+            continue  # an empty package marker, as upstream's tests/models/<x>/__init__.py
+        assert text.endswith("\n") and not text.endswith("\n\n"), f"{name} must end with exactly one newline"
+        for number, line in enumerate(text.splitlines(), start=1):
+            assert line == line.rstrip(), f"trailing whitespace in {name}:{number}"
+        assert "\n\n\n\n" not in text, f"more than two blank lines in a row in {name}"
+        if path.suffix == ".py":
+            ast.parse(text, filename=str(name))
+
+
+def assert_ruff_clean(*paths: Path) -> None:
+    check = ruff("check", "--no-cache", *map(str, paths))
+    assert check.returncode == 0, check.stdout + check.stderr
+    formatting = ruff("format", "--check", "--no-cache", *map(str, paths))
+    assert formatting.returncode == 0, formatting.stdout + formatting.stderr
+
+
+def assert_suite_passed(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def assert_generated_tests_pass(project: Path) -> None:
+    assert_suite_passed(run_generated_tests(project))
+
+
+# The knob matrix (test_knob_matrix*.py): every knob combination with every head, copied with the hook
+def with_value_knobs(index: int, knobs: dict) -> dict:
+    """Bias, tied embeddings and the grouped-query ratio vary along the matrix too, where the family asks them."""
+    if knobs["family"] == "decoder":
+        return {**knobs, "linear_bias": index % 2 == 1, "num_key_value_heads": [8, 32, 1][index % 3]}
+    if knobs["family"] == "encoder":
+        return {**knobs, "tie_word_embeddings": index % 2 == 0}
+    return knobs
+
+
+KNOB_MATRIX = {combination_id(knobs): with_value_knobs(index, knobs) for index, knobs in enumerate(KNOB_COMBINATIONS)}
+
+
+def knob_matrix_cases(families: list[str]) -> dict[str, dict]:
+    return {name: knobs for name, knobs in KNOB_MATRIX.items() if knobs["family"] in families}
+
+
+def build_knob_matrix(render, cases: dict[str, dict]) -> dict[str, tuple[Path, str, subprocess.CompletedProcess]]:
+    """Each combination copied with the hook (one after another, each hook's output kept), then each project's own
+    test suite (two at a time): {combination: (project, hook output, suite result)}."""
+    projects, hook_outputs = {}, {}
+    for name, knobs in cases.items():
+        answers = {
+            **knobs,
+            "heads": FAMILY_HEADS[knobs["family"]],
+            "model_name": "KnobMatrix",
+            "package_name": "knob_matrix",
+        }
+        with captured_output_of_subprocesses() as output:
+            projects[name] = render(answers, name="knob-matrix", tasks=True)
+        hook_outputs[name] = output[0]
+    # Loading a saved checkpoint with remote code in a fresh interpreter (10 s a suite) depends on the package's
+    # module layout, which no knob changes: the answer sets' suites run it
+    suites = run_generated_test_suites(projects, "-k", "not test_saved_checkpoint_loads_with_remote_code")
+    return {name: (projects[name], hook_outputs[name], suites[name]) for name in cases}
+
+
+def check_knob_matrix_case(knobs: dict, project: Path, hook_output: str, suite: subprocess.CompletedProcess) -> None:
+    assert "smoke test passed" in hook_output, hook_output
+    for head in FAMILY_HEADS[knobs["family"]]:
+        assert f"ok      forward KnobMatrixFor{head}" in hook_output
+        if head in ("CausalLM", "ConditionalGeneration"):
+            assert f"ok      greedy generation of KnobMatrixFor{head}, with and without the cache" in hook_output
+    assert_clean_text(project)
+    assert_ruff_clean(project)
+    assert_suite_passed(suite)
+
+
+# A template with two tagged versions, for the update tests
+OLD, NEW = "0.1.0", "0.2.0"
+MODELING = "src/brand_new_bert/modeling_brand_new_bert.py"
+# The lines version 0.2.0 changes, as rendered
+OLD_DOCSTRING = '"""PyTorch BrandNewBert model."""'
+NEW_DOCSTRING = '"""PyTorch BrandNewBert model, as improved in version 0.2.0."""'
+OLD_VARIANCE = "        variance = hidden_states.pow(2).mean(-1, keepdim=True)"
+NEW_VARIANCE = "        variance = hidden_states.pow(2).mean(dim=-1, keepdim=True)"
+
+
+def edit_template_file(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} is not in {path}: the test's template change no longer applies"
+    path.write_text(text.replace(old, new, 1))
+
+
+RENAME_MIGRATION = """_migrations:
+  - version: "0.2.0"
+    when: "{{ _stage == 'before' }}"
+    command:
+      - "{{ _copier_python }}"
+      - "{{ _copier_conf.src_path }}/hooks/migrations/rename_files.py"
+      - "--version=0.2.0"
+      - "--answers-file={{ _copier_conf.answers_file }}"
+"""
+
+
+def make_tagged_template(template_dir: Path, repo: Path, rename_readme: bool = False, migration: bool = True) -> Path:
+    """A git copy of the template: the working tree tagged OLD, then a commit with NEW's changes tagged NEW."""
+    shutil.copytree(template_dir, repo)
+    git(repo, "init", "--quiet")
+    git(repo, "add", "--all")
+    git(repo, "commit", "--quiet", "-m", "old version")
+    git(repo, "tag", OLD)
+
+    if rename_readme:
+        readme = "{% if not in_tree %}README.md{% endif %}.jinja"
+        (repo / "template" / "docs").mkdir(exist_ok=True)
+        git(repo, "mv", f"template/{readme}", f"template/docs/{readme}")
+        if migration:
+            registry = repo / "hooks" / "migrations" / "renames.yml"
+            entry = "renames:\n  - version: 0.2.0\n    from: README.md\n    to: docs/README.md\n"
+            registry.write_text(registry.read_text().replace("renames: []\n", entry))
+            edit_template_file(repo / "copier.yml", "_migrations:\n", RENAME_MIGRATION)
+    includes = repo / "template" / "_includes"
+    edit_template_file(
+        includes / "macros.jinja",
+        '"""PyTorch {{ model_name }} model."""',
+        NEW_DOCSTRING.replace("BrandNewBert", "{{ model_name }}"),
+    )
+    edit_template_file(includes / "blocks" / "layers.jinja", OLD_VARIANCE.strip(), NEW_VARIANCE.strip())
+    (repo / "template" / "CONTRIBUTING.md.jinja").write_text("# Contributing to {{ model_name }}\n")
+    git(repo, "add", "--all")
+    git(repo, "commit", "--quiet", "-m", "new version")
+    git(repo, "tag", NEW)
+    return repo
