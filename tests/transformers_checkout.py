@@ -65,7 +65,9 @@ def build_checkout(sdist: Path, destination: Path) -> Path:
     """Unpack the sdist into `destination`, add what the tests need, and commit it all (updates need git)."""
     with tarfile.open(sdist) as archive:
         root = archive.getnames()[0].split("/")[0]
-        archive.extractall(destination.parent / f".{destination.name}-unpacked", filter="data")
+        # The "data" filter (Python 3.11.4 and later) refuses links and paths that leave the folder
+        safety = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        archive.extractall(destination.parent / f".{destination.name}-unpacked", **safety)
     (destination.parent / f".{destination.name}-unpacked" / root).rename(destination)
     (destination.parent / f".{destination.name}-unpacked").rmdir()
     for package in ("tests", "tests/models"):
