@@ -42,7 +42,7 @@ class Project:
 
     module: str  # dotted name of the folder that holds the model's modules
     registration: dict  # what register_in_tree.py inserts; empty for a package
-    input_ranks: dict = field(default_factory=dict)  # model class -> rank of its input ids, where not 2
+    input_ranks: dict = field(default_factory=dict)  # model class -> rank of its input ids (2 where absent)
 
     @property
     def in_tree(self) -> bool:
