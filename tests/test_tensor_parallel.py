@@ -63,9 +63,12 @@ if int(os.environ["RANK"]) == 0:
         {{"logits": logits, "sharded": isinstance(query, DTensor), "local_rows": query.to_local().shape[0]}},
         output,
     )
-# Both ranks leave together and close gloo's threads: exiting with the group open can abort a rank
+# Both ranks leave together, then skip the C++ destructors: gloo's threads, torn down at interpreter exit (or by
+# destroy_process_group) on a loaded machine, can abort a rank with "terminate called without an active exception"
 torch.distributed.barrier()
-torch.distributed.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
 """
 
 
