@@ -53,7 +53,7 @@ TRANSFORMERS_COMPANIONS = ["tokenizers", "huggingface-hub"]
 # pytest-xdist: one worker per core, each test file on one worker, so that a module's fixtures are built once
 ON_EVERY_CORE = ["--numprocesses=auto", "--dist=loadfile"]
 TRACKING_TESTS = [
-    "tests/test_llama_oracle.py",
+    "tests/test_decoder_oracles.py",
     "tests/test_bart_oracle.py",
     "tests/test_bert_oracle.py",
     "tests/test_render_matrix.py::test_answer_set_renders_clean_and_passes_its_own_tests",

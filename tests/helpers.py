@@ -48,6 +48,10 @@ FAMILY_KNOBS = {
         "normalization": ["rms_norm", "layer_norm"],
         "position_embedding": ["rope", "learned", "none"],
         "mlp": ["gated_silu", "gelu"],
+        "linear_bias": [False, True],
+        "qkv_bias": [False, True],
+        "attention_window": ["full", "sliding", "alternating"],
+        "qk_norm": ["none", "per_head"],
     },
     "encoder": {
         "position_embedding": ["learned", "rope"],
@@ -184,14 +188,59 @@ def import_rendered_package(project: Path, package_name: str):
         sys.path.remove(str(project / "src"))
 
 
+def generated_modules(render, answer_set: str):
+    """The rendered package of an answer set, its conversion module and its parity harness module."""
+    project = render(load_answer_set(answer_set), name=answer_set)
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    package_name, model_type = answers["package_name"], answers["model_type"]
+    package = import_rendered_package(project, package_name)
+    convert = importlib.import_module(f"{package_name}.convert_{model_type}_checkpoint")
+    compare = importlib.import_module(f"{package_name}.compare_{model_type}_with_original")
+    return package, convert, compare
+
+
+def convert_cli(convert, checkpoint: Path, output: Path, *extra_args, config: Path | None = None) -> int:
+    config = config or (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
+    args = ["--checkpoint", checkpoint, "--config", config, "--output", output, *extra_args]
+    return convert.main([str(arg) for arg in args])
+
+
 def ruff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ruff", *args], capture_output=True, text=True, cwd=cwd)
 
 
+def can_be_answered(knobs: dict) -> bool:
+    """Whether the questionnaire can give these knob values together (copier.yml's `when`s)."""
+    return not (knobs.get("linear_bias") and knobs.get("qkv_bias"))
+
+
+def covered_values(knobs: dict) -> set[tuple]:
+    """Each knob's value, and each pair of two knobs' values, that a combination holds."""
+    values = sorted(knobs.items())
+    return {(value,) for value in values} | set(itertools.combinations(values, 2))
+
+
+def pairwise_combinations(knobs: dict[str, list]) -> list[dict]:
+    """A deterministic pairwise cover: every value of every knob, and every pair of values of two knobs that some
+    answerable combination holds, is in at least one combination returned. Greedy: of the answerable combinations in
+    product order, take the one that covers the most not yet covered (the first on ties), until nothing is left."""
+    candidates = [dict(zip(knobs, values, strict=True)) for values in itertools.product(*knobs.values())]
+    candidates = [candidate for candidate in candidates if can_be_answered(candidate)]
+    uncovered = set().union(*map(covered_values, candidates))
+    chosen = [candidates[0]]  # a family without knobs still renders once
+    uncovered -= covered_values(candidates[0])
+    while uncovered:
+        best = max(candidates, key=lambda candidate: len(covered_values(candidate) & uncovered))
+        chosen.append(best)
+        uncovered -= covered_values(best)
+    return chosen
+
+
+# The knob space is too large for its product: the matrices render a pairwise cover of each family's knobs
 KNOB_COMBINATIONS = [
-    {"family": family, **dict(zip(knobs, values, strict=True))}
+    {"family": family, **combination}
     for family, knobs in FAMILY_KNOBS.items()
-    for values in itertools.product(*knobs.values())
+    for combination in pairwise_combinations(knobs)
 ]
 
 
@@ -247,9 +296,9 @@ def assert_generated_tests_pass(project: Path) -> None:
 
 # The knob matrix (test_knob_matrix*.py): every knob combination with every head, copied with the hook
 def with_value_knobs(index: int, knobs: dict) -> dict:
-    """Bias, tied embeddings and the grouped-query ratio vary along the matrix too, where the family asks them."""
+    """Tied embeddings and the grouped-query ratio vary along the matrix too, where the family asks them."""
     if knobs["family"] == "decoder":
-        return {**knobs, "linear_bias": index % 2 == 1, "num_key_value_heads": [8, 32, 1][index % 3]}
+        return {**knobs, "num_key_value_heads": [8, 32, 1][index % 3]}
     if knobs["family"] == "encoder":
         return {**knobs, "tie_word_embeddings": index % 2 == 0}
     return knobs

@@ -28,7 +28,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from helpers import import_rendered_package, load_answer_set
+from helpers import convert_cli, generated_modules, import_rendered_package, load_answer_set
 
 # Tiny random twins of the originals each family's conversion rules are pre-filled for
 TWINS = {
@@ -78,23 +78,6 @@ RENDERED_FOR = {
 def build_twin(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return TWINS[name]().eval()
-
-
-def generated_modules(render, answer_set: str):
-    """The rendered package of an answer set, its conversion module and its parity harness module."""
-    project = render(load_answer_set(answer_set), name=answer_set)
-    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
-    package_name, model_type = answers["package_name"], answers["model_type"]
-    package = import_rendered_package(project, package_name)
-    convert = importlib.import_module(f"{package_name}.convert_{model_type}_checkpoint")
-    compare = importlib.import_module(f"{package_name}.compare_{model_type}_with_original")
-    return package, convert, compare
-
-
-def convert_cli(convert, checkpoint: Path, output: Path, *extra_args, config: Path | None = None) -> int:
-    config = config or (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
-    args = ["--checkpoint", checkpoint, "--config", config, "--output", output, *extra_args]
-    return convert.main([str(arg) for arg in args])
 
 
 def assert_same_logits(converted: torch.nn.Module, original: torch.nn.Module) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import re
 import subprocess
@@ -16,17 +17,48 @@ from helpers import (
     FAMILY_HEADS,
     FAMILY_KNOBS,
     KNOB_COMBINATIONS,
+    REPO_ROOT,
     assert_clean_text,
     assert_generated_tests_pass,
     assert_ruff_clean,
     assert_suite_passed,
+    can_be_answered,
     combination_id,
+    covered_values,
     head_subsets,
     load_answer_set,
     outside_declared_transformers,
     ruff,
     run_generated_test_suites,
 )
+
+# What CONTRIBUTING.md says the cover holds: combinations per family, and renders with every subset of heads
+COVER_SIZES = {"decoder": 12, "encoder": 6, "encoder-decoder": 1}
+COVER_RENDERS = 388
+
+
+@pytest.mark.parametrize("family", list(FAMILY_KNOBS))
+def test_the_knob_combinations_cover_every_value_and_every_answerable_pair_of_values(family):
+    knobs = FAMILY_KNOBS[family]
+    chosen = [{knob: c[knob] for knob in knobs} for c in KNOB_COMBINATIONS if c["family"] == family]
+    answerable = [
+        combination
+        for values in itertools.product(*knobs.values())
+        if can_be_answered(combination := dict(zip(knobs, values, strict=True)))
+    ]
+    missing = set().union(*map(covered_values, answerable)) - set().union(*map(covered_values, chosen))
+    assert not missing, f"no {family} combination holds {sorted(missing)}"
+    assert all(map(can_be_answered, chosen))
+    assert len(chosen) == COVER_SIZES[family]
+    assert sum(2 ** len(FAMILY_HEADS[c["family"]]) for c in KNOB_COMBINATIONS) == COVER_RENDERS
+    assert f"{COVER_RENDERS} renders" in (REPO_ROOT / "CONTRIBUTING.md").read_text()
+
+
+def test_qkv_bias_is_not_asked_when_every_projection_has_a_bias(render):
+    """can_be_answered's rule, as copier.yml's `when` applies it: with linear_bias, a qkv_bias answer is ignored."""
+    project = render({"linear_bias": True, "qkv_bias": True, "heads": []}, name="both-biases")
+    modeling = (project / "src/brand_new_bert/modeling_brand_new_bert.py").read_text()
+    assert "bias=config.attention_bias" in modeling and "bias=True" not in modeling
 
 
 def test_every_family_knob_and_head_combination_renders_clean_code(render):

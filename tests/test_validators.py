@@ -72,6 +72,14 @@ BAD_ANSWERS = {
         {"position_embedding": "learned", "qefficient": True},
         "choose position_embedding rope",
     ),
+    "qefficient-with-a-sliding-window": (
+        {"attention_window": "sliding", "qefficient": True},
+        "QEfficient onboarding follows its Llama-like models: choose attention_window full and qk_norm none.",
+    ),
+    "qefficient-with-qk-norm": (
+        {"qk_norm": "per_head", "qefficient": True},
+        "QEfficient onboarding follows its Llama-like models: choose attention_window full and qk_norm none.",
+    ),
     "qefficient-without-causal-lm": (
         {"heads": ["SequenceClassification"], "qefficient": True},
         "add the CausalLM head",

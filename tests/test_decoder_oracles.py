@@ -1,0 +1,102 @@
+"""Numerical oracles: the decoder rendered with an upstream model's knobs converts that model's saved checkpoint with
+its own generated script (the pre-filled rules, unedited) and computes what the model computes: the same logits
+within 1e-5 with eager and SDPA attention on a left-padded batch, and the same greedy generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from helpers import convert_cli, generated_modules, load_answer_set
+
+SMALL_CONFIG = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "tie_word_embeddings": False,
+}
+# Each upstream model: the answer set that follows it, its classes, and what its small config changes. Windows are
+# shorter than the inputs and the generated text, so that they change the results.
+ORACLES = {
+    "llama": ("llama_equivalent", LlamaConfig, LlamaForCausalLM, {}),
+    "mistral": ("mistral_equivalent", MistralConfig, MistralForCausalLM, {"sliding_window": 5}),
+    "qwen2": ("qwen2_equivalent", Qwen2Config, Qwen2ForCausalLM, {}),
+    # Qwen3's own layer pattern (full below max_window_layers, sliding above), heads wider than hidden / heads
+    "qwen3": (
+        "qwen3_equivalent",
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        {"head_dim": 12, "use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1},
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(ORACLES))
+def model_pair(request, render, tmp_path_factory):
+    """A random upstream model, and the rendered model its checkpoint converts into with the generated script."""
+    answer_set, config_class, model_class, changes = ORACLES[request.param]
+    torch.manual_seed(0)
+    original = model_class(config_class(**SMALL_CONFIG, **changes, attn_implementation="eager")).eval()
+    checkpoint = tmp_path_factory.mktemp(f"{request.param}-checkpoint")
+    original.save_pretrained(checkpoint)
+
+    package, convert, _ = generated_modules(render, answer_set)
+    converted_dir = tmp_path_factory.mktemp(f"{request.param}-converted")
+    assert convert_cli(convert, checkpoint, converted_dir) == 0
+    rendered_class = getattr(package, f"{load_answer_set(answer_set)['model_name']}ForCausalLM")
+    rendered = rendered_class.from_pretrained(converted_dir, attn_implementation="eager").eval()
+    return original, rendered
+
+
+def test_the_converted_state_dict_has_the_originals_keys_and_shapes(model_pair):
+    original, rendered = model_pair
+    assert {name: tuple(t.shape) for name, t in rendered.state_dict().items()} == {
+        name: tuple(t.shape) for name, t in original.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_logits_match_the_original_within_1e_5(model_pair, attn_implementation):
+    original, rendered = model_pair
+    for model in model_pair:
+        model.set_attn_implementation(attn_implementation)
+    input_ids = torch.randint(3, SMALL_CONFIG["vocab_size"], (3, 17), generator=torch.Generator().manual_seed(1))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :4] = 0  # a left-padded row
+
+    with torch.no_grad():
+        expected = original(input_ids=input_ids, attention_mask=attention_mask).logits
+        actual = rendered(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    real_tokens = attention_mask.bool()
+    torch.testing.assert_close(actual[real_tokens], expected[real_tokens], rtol=0, atol=1e-5)
+
+
+def test_greedy_generation_matches_the_original_exactly(model_pair):
+    original, rendered = model_pair
+    prompt = torch.randint(3, SMALL_CONFIG["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(2))
+    settings = {"max_new_tokens": 20, "min_new_tokens": 20, "do_sample": False}
+
+    expected = original.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+    actual = rendered.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+
+    assert torch.equal(actual, expected)
