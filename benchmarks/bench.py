@@ -7,8 +7,8 @@ Measured side by side in one run, on the committed template (HEAD):
 - `copier copy --trust --defaults` with its hooks (format, smoke test, git) against the floor: a Python process
   that imports torch and transformers and runs one tiny forward pass of LlamaForCausalLM; `copier update` across
   one version against a copy.
-- each family's generated model against its Transformers twin with the same config and weights (converted by the
-  generated conversion script): a forward pass on 4 x 512 tokens and greedy generation of 64 new tokens, fp32,
+- each family's generated model, and the decoder answer sets of Mistral, Qwen3 and Gemma, against its Transformers
+  twin with the same config and weights (converted by the generated conversion script): a forward pass on 4 x 512 tokens and greedy generation of 64 new tokens, fp32,
   eager and SDPA attention; time (median of alternated runs, weights in fresh memory and as mapped from the
   checkpoint files) and the task's peak tensor memory.
 - the layout control: each twin against itself loaded from a copy of its checkpoint whose tensors sit at the
@@ -56,16 +56,45 @@ FLOOR = (
     "model(torch.tensor([[1, 2, 3]]))"
 )
 
-# Family -> (answer set, Transformers config and class of the twin, the generated class the conversion fills)
-FAMILIES = {
+# Twin -> (family, answer set, Transformers config and class of the twin, the generated class the conversion fills).
+# Windows shorter than the forward's and the generation's tokens, so that they are timed.
+TWINS = {
     "decoder": (
+        "decoder",
         "llama_equivalent",
         "LlamaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, "
         "num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)",
         "LlamaForCausalLM",
         "ForCausalLM",
     ),
+    "decoder, Mistral": (
+        "decoder",
+        "mistral_equivalent",
+        "MistralConfig(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, "
+        "num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, "
+        "sliding_window=48)",
+        "MistralForCausalLM",
+        "ForCausalLM",
+    ),
+    "decoder, Qwen3": (
+        "decoder",
+        "qwen3_equivalent",
+        "Qwen3Config(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, "
+        "num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024, "
+        "tie_word_embeddings=False, use_sliding_window=True, sliding_window=48, max_window_layers=2)",
+        "Qwen3ForCausalLM",
+        "ForCausalLM",
+    ),
+    "decoder, Gemma": (
+        "decoder",
+        "gemma_equivalent",
+        "GemmaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, "
+        "num_attention_heads=8, num_key_value_heads=8, head_dim=64, max_position_embeddings=1024)",
+        "GemmaForCausalLM",
+        "ForCausalLM",
+    ),
     "encoder": (
+        "encoder",
         "bert_equivalent",
         "BertConfig(vocab_size=8000, hidden_size=512, num_hidden_layers=4, num_attention_heads=8, "
         "intermediate_size=2048, max_position_embeddings=512)",
@@ -73,6 +102,7 @@ FAMILIES = {
         "ForMaskedLM",
     ),
     "encoder-decoder": (
+        "encoder-decoder",
         "bart_equivalent",
         "BartConfig(vocab_size=8000, d_model=512, encoder_layers=3, decoder_layers=3, encoder_attention_heads=8, "
         "decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, max_position_embeddings=1024)",
@@ -165,10 +195,15 @@ def render(destination: Path, *answers: str) -> Path:
     return destination
 
 
-def convert_twin(family: str, project: Path, workdir: Path) -> tuple[Path, Path, dict]:
+def slug(name: str) -> str:
+    """A folder name for a twin's name ("decoder, Mistral" -> "decoder-mistral")."""
+    return name.lower().replace(", ", "-")
+
+
+def convert_twin(name: str, project: Path, workdir: Path) -> tuple[Path, Path, dict]:
     """Save a random twin, convert it with the generated script; returns both folders and the package names."""
-    _, config, twin_class, _ = FAMILIES[family]
-    original, converted = workdir / f"{family}-original", workdir / f"{family}-converted"
+    _, _, config, twin_class, _ = TWINS[name]
+    original, converted = workdir / f"{slug(name)}-original", workdir / f"{slug(name)}-converted"
     twin_config = config.split("(")[0]
     save = (
         f"import torch; from transformers import {twin_class}, {twin_config}; torch.manual_seed(0); "
@@ -233,25 +268,28 @@ def model_speed(arguments: list[str], env: dict) -> dict:
 
 def bench_models(workdir: Path, repeats: int) -> tuple[dict, dict]:
     results, controls = {}, {}
-    for family, (answer_set, _, twin_class, head) in FAMILIES.items():
+    for twin, (family, answer_set, _, twin_class, head) in TWINS.items():
         answers = ROOT / "tests" / "answers" / f"{answer_set}.yml"
-        project = render(workdir / f"{family}-project", f"--data-file={answers}")
-        original, converted, names = convert_twin(family, project, workdir)
+        project = render(workdir / f"{slug(twin)}-project", f"--data-file={answers}")
+        original, converted, names = convert_twin(twin, project, workdir)
         env = {**os.environ, "PYTHONPATH": str(project / "src"), "HF_HUB_OFFLINE": "1", **FIXED_MALLOC}
+        # The encoder is compared base model to base model (BertModel), the others head to head
+        twin_arguments = ["--twin-class", twin_class, *(["--base-model-only"] if family == "encoder" else [])]
         common = [
-            *("--family", family, "--package", names["package"]),
+            *twin_arguments,
+            *("--package", names["package"]),
             *("--generated-class", names["model_name"] + head),
             *("--converted", str(converted), "--original", str(original)),
         ]
         tasks = ["forward"] if family == "encoder" else ["forward", "generate"]
         for attn in ("eager", "sdpa"):
             for task in tasks:
-                log(f"{family} {task} {attn}")
+                log(f"{twin} {task} {attn}")
                 arguments = [*common, "--attn", attn, "--task", task]
                 timed = [*arguments, f"--repeats={repeats}"]
                 speed = model_speed([*timed, "--weights=fresh"], env)
                 mapped = model_speed([*timed, "--weights=mapped"], env)
-                results[f"{family} {task} {attn}"] = {
+                results[f"{twin} {task} {attn}"] = {
                     "generated": summary(speed["times"]["generated"]),
                     "twin": summary(speed["times"]["twin"]),
                     "ratio": speed["ratio"],
@@ -260,25 +298,26 @@ def bench_models(workdir: Path, repeats: int) -> tuple[dict, dict]:
                     "task_peak_mib": speed["task_peak_mib"],
                 }
         # The twin against itself, its tensors moved to where the generated checkpoint has them within a page
-        shifted = workdir / f"{family}-original-shifted"
+        shifted = workdir / f"{slug(twin)}-original-shifted"
         shift = shifted_checkpoint(original, shifted, like=converted / "model.safetensors")
         control = [
-            *("--family", family, "--package", "transformers", "--generated-class", twin_class),
+            *twin_arguments,
+            *("--package", "transformers", "--generated-class", twin_class),
             *("--converted", str(shifted), "--original", str(original), "--attn", "sdpa"),
         ]
         for task in tasks:
-            log(f"{family} {task} layout control")
+            log(f"{twin} {task} layout control")
             timed = [*control, f"--task={task}", f"--repeats={repeats}"]
             ratios = {
                 weights: model_speed([*timed, f"--weights={weights}"], env)["ratio"] for weights in ("mapped", "fresh")
             }
-            controls[f"{family} {task}"] = {"shift": shift, **ratios}
+            controls[f"{twin} {task}"] = {"shift": shift, **ratios}
     return results, controls
 
 
 def bench_test_suites(workdir: Path, repeats: int) -> dict:
     results = {}
-    for family in FAMILIES:
+    for family in dict.fromkeys(family for family, *_ in TWINS.values()):
         project = render(workdir / f"suite-{family}", f"--data=family={family}")
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -391,9 +430,10 @@ def report(command: str, machine: dict, workflow: dict, models: dict, controls: 
         "Memory: the most tensor memory the task holds at once beyond the loaded model, from the running sum of",
         "PyTorch's CPU allocations and frees recorded by the profiler (exact: the resident set size has about 1 MiB of",
         "allocator noise, as much as a whole generation's cache here). Max difference: the largest absolute difference",
-        "of the forward outputs, or the number of differing generated tokens.",
+        "of the forward outputs, or the number of differing generated tokens. The Mistral and Qwen3 twins attend",
+        "within windows of 48 tokens (Qwen3 in its upper two layers), shorter than both tasks' sequences.",
         "",
-        "| family, task, attention | generated | twin | time ratio | time ratio, weights mapped from the files"
+        "| twin, task, attention | generated | twin | time ratio | time ratio, weights mapped from the files"
         " | peak memory generated / twin | memory ratio | max difference | |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

@@ -1,6 +1,6 @@
 """One measurement of a generated model against its Transformers twin, in a fresh process; prints JSON.
 
-    python benchmarks/model_speed.py --family decoder --package PKG --generated-class CLASS \\
+    python benchmarks/model_speed.py --twin-class LlamaForCausalLM --package PKG --generated-class CLASS \\
         --converted DIR --original DIR --attn sdpa --task forward
 
 Loads both models, alternates them call by call (ABBA order) so that both see the same machine state, and
@@ -25,21 +25,14 @@ from pathlib import Path
 import torch
 import transformers
 
-# The Transformers class each family is measured against, and whether only its base model is (BertModel)
-TWINS = {
-    "decoder": ("LlamaForCausalLM", False),
-    "encoder": ("BertForMaskedLM", True),
-    "encoder-decoder": ("BartForConditionalGeneration", False),
-}
 BATCH_SIZE, SEQUENCE_LENGTH = 4, 512
 PROMPT_LENGTH, NEW_TOKENS = 16, 64
 
 
 def load_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
-    twin_class, base_model_only = TWINS[args.family]
     classes = {
         "generated": (getattr(importlib.import_module(args.package), args.generated_class), args.converted),
-        "twin": (getattr(transformers, twin_class), args.original),
+        "twin": (getattr(transformers, args.twin_class), args.original),
     }
     if args.twin_first:
         classes = dict(reversed(classes.items()))
@@ -47,7 +40,7 @@ def load_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
     for name, (model_class, checkpoint) in classes.items():
         model = model_class.from_pretrained(checkpoint, attn_implementation=args.attn).eval()
         # The encoder is compared base model to base model (BertModel), the others head to head
-        models[name] = model.base_model if base_model_only else model
+        models[name] = model.base_model if args.base_model_only else model
     return models
 
 
@@ -131,7 +124,8 @@ def task_peak_mib(model: torch.nn.Module, task: str, inputs: dict[str, torch.Ten
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=list(TWINS), required=True)
+    parser.add_argument("--twin-class", required=True, help="the Transformers class measured against")
+    parser.add_argument("--base-model-only", action="store_true", help="compare the base models of both")
     parser.add_argument("--package", required=True)
     parser.add_argument("--generated-class", required=True)
     parser.add_argument("--converted", type=Path, required=True)

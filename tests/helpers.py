@@ -45,9 +45,10 @@ ANSWER_SETS = sorted(path.stem for path in ANSWERS_DIR.glob("*.yml"))
 # rejected).
 FAMILY_KNOBS = {
     "decoder": {
-        "normalization": ["rms_norm", "layer_norm"],
+        "normalization": ["rms_norm", "layer_norm", "rms_norm_unit_offset"],
         "position_embedding": ["rope", "learned", "none"],
-        "mlp": ["gated_silu", "gelu"],
+        "mlp": ["gated_silu", "gelu", "gated_gelu_tanh"],
+        "embedding_scale": [False, True],
         "linear_bias": [False, True],
         "qkv_bias": [False, True],
         "attention_window": ["full", "sliding", "alternating"],

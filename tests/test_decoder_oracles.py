@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
+    GemmaConfig,
+    GemmaForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -40,6 +42,12 @@ ORACLES = {
     "llama": ("llama_equivalent", LlamaConfig, LlamaForCausalLM, {}),
     "mistral": ("mistral_equivalent", MistralConfig, MistralForCausalLM, {"sliding_window": 5}),
     "qwen2": ("qwen2_equivalent", Qwen2Config, Qwen2ForCausalLM, {}),
+    "gemma": (
+        "gemma_equivalent",
+        GemmaConfig,
+        GemmaForCausalLM,
+        {"head_dim": 16, "num_key_value_heads": 8, "hidden_act": "gelu_pytorch_tanh", "tie_word_embeddings": True},
+    ),
     # Qwen3's own layer pattern (full below max_window_layers, sliding above), heads wider than hidden / heads
     "qwen3": (
         "qwen3_equivalent",
@@ -55,7 +63,7 @@ def model_pair(request, render, tmp_path_factory):
     """A random upstream model, and the rendered model its checkpoint converts into with the generated script."""
     answer_set, config_class, model_class, changes = ORACLES[request.param]
     torch.manual_seed(0)
-    original = model_class(config_class(**SMALL_CONFIG, **changes, attn_implementation="eager")).eval()
+    original = model_class(config_class(**{**SMALL_CONFIG, **changes}, attn_implementation="eager")).eval()
     checkpoint = tmp_path_factory.mktemp(f"{request.param}-checkpoint")
     original.save_pretrained(checkpoint)
 

@@ -27,6 +27,10 @@ TP_CASES = {
         },
         "CausalLM",
     ),
+    "decoder-qwen3-like": (
+        {"model_name": "TpQwenLike", "qk_norm": "per_head", "attention_window": "alternating", "qkv_bias": True},
+        "CausalLM",
+    ),
     "encoder": ({"model_name": "TpBertLike", "family": "encoder"}, "MaskedLM"),
     "encoder-pre-norm-rope": (
         {"model_name": "TpRopeEncoder", "family": "encoder", "norm_placement": "pre", "position_embedding": "rope"},
@@ -93,7 +97,11 @@ def test_tensor_parallel_logits_equal_the_single_process_logits(render, tmp_path
     package_name = next(path.name for path in (project / "src").iterdir())
     package = import_rendered_package(project, package_name)
     model_class = f"{answers['model_name']}For{head}"
-    config_values = dict(TINY_TP_CONFIG, **({"num_key_value_heads": 2} if "family" not in answers else {}))
+    config_values = dict(TINY_TP_CONFIG)
+    if "family" not in answers:
+        config_values["num_key_value_heads"] = 2
+    if "attention_window" in answers:
+        config_values["sliding_window"] = 4  # shorter than the inputs
 
     torch.manual_seed(0)
     model = getattr(package, model_class)(getattr(package, f"{answers['model_name']}Config")(**config_values)).eval()

@@ -12,6 +12,10 @@ import yaml
 
 from helpers import FAMILY_HEADS, FAMILY_KNOBS, HEAD_TABLE, REPO_ROOT
 
+QEFFICIENT_LLAMA_LIKE = (
+    "QEfficient onboarding follows its Llama-like models: full attention, no qk_norm, Llama's RMSNorm and unscaled "
+    "embeddings."
+)
 BAD_ANSWERS = {
     "model_name-lower-case": ({"model_name": "brandNewBert"}, "model_name must be CamelCase"),
     "model_name-leading-digit": ({"model_name": "2Bert"}, "model_name must be CamelCase"),
@@ -72,14 +76,13 @@ BAD_ANSWERS = {
         {"position_embedding": "learned", "qefficient": True},
         "choose position_embedding rope",
     ),
-    "qefficient-with-a-sliding-window": (
-        {"attention_window": "sliding", "qefficient": True},
-        "QEfficient onboarding follows its Llama-like models: choose attention_window full and qk_norm none.",
+    "qefficient-with-a-sliding-window": ({"attention_window": "sliding", "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
+    "qefficient-with-qk-norm": ({"qk_norm": "per_head", "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
+    "qefficient-with-gemma-norms": (
+        {"normalization": "rms_norm_unit_offset", "qefficient": True},
+        QEFFICIENT_LLAMA_LIKE,
     ),
-    "qefficient-with-qk-norm": (
-        {"qk_norm": "per_head", "qefficient": True},
-        "QEfficient onboarding follows its Llama-like models: choose attention_window full and qk_norm none.",
-    ),
+    "qefficient-with-scaled-embeddings": ({"embedding_scale": True, "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
     "qefficient-without-causal-lm": (
         {"heads": ["SequenceClassification"], "qefficient": True},
         "add the CausalLM head",
