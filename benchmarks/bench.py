@@ -20,7 +20,8 @@ Measured side by side in one run, on the committed template (HEAD):
   same run, alternately: safetensors alone reading and writing the same shards, and `from_pretrained` +
   `save_pretrained` of the converted output.
 
-`--sections conversion` (for example) runs only the named sections and replaces them in the existing report.
+`--sections conversion` runs only the conversion and replaces its section of the existing report;
+`--sections workflow models suites` runs the rest (they share the report's first part) and keeps the conversion's.
 """
 
 from __future__ import annotations
@@ -526,6 +527,15 @@ def conversion_report(command: str, machine: dict, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def section_of(report_text: str, heading: str) -> str | None:
+    """The section under `heading` (up to the next `## ` heading), or None where the report has none."""
+    start = report_text.find(heading + "\n")
+    if start == -1:
+        return None
+    end = report_text.find("\n## ", start + len(heading))
+    return report_text[start : end if end != -1 else len(report_text)]
+
+
 def replace_section(report_text: str, heading: str, section: str) -> str:
     """The report with the section under `heading` (up to the next `## ` heading) replaced, or appended."""
     start = report_text.find(heading + "\n")
@@ -544,25 +554,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversion-repeats", type=int, default=5, help="runs of each conversion task")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS, help="what to measure")
     args = parser.parse_args(argv)
-    if set(args.sections) - {"conversion"} and set(args.sections) != set(SECTIONS):
-        parser.error("--sections runs either everything or only `conversion` (the other sections share one table)")
+    first_part = set(SECTIONS) - {"conversion"}
+    if set(args.sections) & first_part and not first_part <= set(args.sections):
+        parser.error("--sections runs workflow, models and suites together (they share the report's first part)")
     if run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT).stdout.strip():
         log("warning: uncommitted changes are not measured (the template is rendered from HEAD)")
 
     workdir = Path(tempfile.mkdtemp(prefix="ctm-bench-"))
     try:
         machine = versions()
-        if args.sections == ["conversion"]:
-            text = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-        else:
+        existing = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
+        text = existing
+        if "models" in args.sections:
             workflow = bench_copy_and_update(workdir, args.workflow_repeats)
             models, controls = bench_models(workdir, args.repeats)
             suites = bench_test_suites(workdir, args.workflow_repeats)
             text = report(args.command, machine, workflow, models, controls, suites)
-        conversion = bench_conversion(workdir, args.conversion_repeats)
+        if "conversion" in args.sections:
+            conversion = bench_conversion(workdir, args.conversion_repeats)
+            text = replace_section(text, CONVERSION_HEADING, conversion_report(args.command, machine, conversion))
+        elif (kept := section_of(existing, CONVERSION_HEADING)) is not None:
+            text = replace_section(text, CONVERSION_HEADING, kept)  # with the command that measured it
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    text = replace_section(text, CONVERSION_HEADING, conversion_report(args.command, machine, conversion))
     args.output.write_text(text)
     log(f"wrote {args.output}")
     return 0

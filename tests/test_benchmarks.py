@@ -136,6 +136,18 @@ def test_a_partial_run_replaces_only_its_section_of_the_report():
     assert followed == replaced + "\n## Later\n\nkept\n"
 
 
+def test_a_run_without_the_conversion_keeps_the_measured_conversion_section():
+    bench = load_benchmark_script("bench")
+    kept = "## Converting a large checkpoint\n\nProduced by `nox -s bench -- --sections conversion`\n"
+    report = "# Benchmarks\n\n## Models\n\nold models\n\n" + kept + "\n## Later\n\nkept\n"
+
+    assert bench.section_of(report, bench.CONVERSION_HEADING) == kept
+    assert bench.section_of(report.replace("\n## Later\n\nkept\n", ""), bench.CONVERSION_HEADING) == kept
+    assert bench.section_of("# Benchmarks\n\n## Models\n", bench.CONVERSION_HEADING) is None
+    new_first_part = "# Benchmarks\n\n## Models\n\nnew models\n"
+    assert bench.replace_section(new_first_part, bench.CONVERSION_HEADING, kept) == new_first_part + "\n" + kept
+
+
 def test_the_conversion_measurement_reports_the_peak_above_the_baseline(tmp_path):
     conversion = load_benchmark_script("conversion")
     checkpoint = tmp_path / "checkpoint"
