@@ -160,8 +160,14 @@ def tagged_template(workdir: Path, env: dict) -> Path:
     template = workdir / "template-repo"
     run(["git", "clone", "--quiet", str(ROOT), str(template)], env=env)
     run(["git", "tag", "9000.0.0"], cwd=template, env=env)
-    modeling = template / "template" / "_includes" / "decoder" / "modeling.py.jinja"
-    modeling.write_text(modeling.read_text().replace('model."""', 'model (one version later)."""', 1))
+    # The modeling files' docstring, which every family's modeling file opens with
+    macros = template / "template" / "_includes" / "macros.jinja"
+    docstring = '"""PyTorch {{ model_name }} model."""'
+    if docstring not in macros.read_text():
+        raise RuntimeError(f"{docstring} is not in {macros.name}: the benchmark's template change no longer applies")
+    macros.write_text(
+        macros.read_text().replace(docstring, '"""PyTorch {{ model_name }} model (one version later)."""')
+    )
     run(["git", "commit", "--quiet", "--all", "-m", "a template change"], cwd=template, env=env)
     run(["git", "tag", "9000.0.1"], cwd=template, env=env)
     return template
