@@ -7,9 +7,10 @@ Measured side by side in one run, on the committed template (HEAD):
 - `copier copy --trust --defaults` with its hooks (format, smoke test, git) against the floor: a Python process
   that imports torch and transformers and runs one tiny forward pass of LlamaForCausalLM; `copier update` across
   one version against a copy.
-- each family's generated model, and the decoder answer sets of Mistral, Qwen3 and Gemma, against its Transformers
-  twin with the same config and weights (converted by the generated conversion script): a forward pass on 4 x 512 tokens and greedy generation of 64 new tokens, fp32,
-  eager and SDPA attention; time (median of alternated runs, weights in fresh memory and as mapped from the
+- each family's generated model, and the decoder answer sets of Mistral, Qwen3, Gemma, Gemma2 and OLMo2, against
+  its Transformers twin with the same config and weights (converted by the generated conversion script): a forward
+  pass on 4 x 512 tokens and greedy generation of 64 new tokens, fp32, eager and SDPA attention (eager only where
+  the twin soft-caps, as Gemma2, which has no SDPA); time (median of alternated runs, weights in fresh memory and as mapped from the
   checkpoint files) and the task's peak tensor memory.
 - the layout control: each twin against itself loaded from a copy of its checkpoint whose tensors sit at the
   generated checkpoint's offsets within a memory page. It shows what the file layout alone does to the time.
@@ -92,6 +93,23 @@ TWINS = {
         "GemmaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, "
         "num_attention_heads=8, num_key_value_heads=8, head_dim=64, max_position_embeddings=1024)",
         "GemmaForCausalLM",
+        "ForCausalLM",
+    ),
+    "decoder, Gemma2": (
+        "decoder",
+        "gemma2_equivalent",
+        "Gemma2Config(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, "
+        "num_attention_heads=8, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64, "
+        "max_position_embeddings=1024, sliding_window=48)",
+        "Gemma2ForCausalLM",
+        "ForCausalLM",
+    ),
+    "decoder, OLMo2": (
+        "decoder",
+        "olmo2_equivalent",
+        "Olmo2Config(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, "
+        "num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024, tie_word_embeddings=False)",
+        "Olmo2ForCausalLM",
         "ForCausalLM",
     ),
     "encoder": (
@@ -202,6 +220,10 @@ def render(destination: Path, *answers: str) -> Path:
     return destination
 
 
+def load_answers(answer_set: Path) -> dict:
+    return yaml.safe_load(answer_set.read_text())
+
+
 def slug(name: str) -> str:
     """A folder name for a twin's name ("decoder, Mistral" -> "decoder-mistral")."""
     return name.lower().replace(", ", "-")
@@ -289,7 +311,9 @@ def bench_models(workdir: Path, repeats: int) -> tuple[dict, dict]:
             *("--converted", str(converted), "--original", str(original)),
         ]
         tasks = ["forward"] if family == "encoder" else ["forward", "generate"]
-        for attn in ("eager", "sdpa"):
+        # SDPA cannot soft-cap: such twins (Gemma2) attend eagerly only
+        attention_implementations = ["eager"] if load_answers(answers).get("soft_capping") else ["eager", "sdpa"]
+        for attn in attention_implementations:
             for task in tasks:
                 log(f"{twin} {task} {attn}")
                 arguments = [*common, "--attn", attn, "--task", task]
@@ -310,7 +334,7 @@ def bench_models(workdir: Path, repeats: int) -> tuple[dict, dict]:
         control = [
             *twin_arguments,
             *("--package", "transformers", "--generated-class", twin_class),
-            *("--converted", str(shifted), "--original", str(original), "--attn", "sdpa"),
+            *("--converted", str(shifted), "--original", str(original), "--attn", attention_implementations[-1]),
         ]
         for task in tasks:
             log(f"{twin} {task} layout control")

@@ -53,7 +53,10 @@ FAMILY_KNOBS = {
         "linear_bias": [False, True],
         "qkv_bias": [False, True],
         "attention_window": ["full", "sliding", "alternating"],
-        "qk_norm": ["none", "per_head"],
+        "qk_norm": ["none", "per_head", "projection"],
+        "norm_placement": ["pre", "post_sublayer", "sandwich"],
+        "attention_scaling": ["head_dim", "query_pre_attn_scalar"],
+        "soft_capping": [False, True],
     },
     "encoder": {
         "position_embedding": ["learned", "rope"],
@@ -226,24 +229,40 @@ def pairwise_combinations(knobs: dict[str, list], restarts: int = 10) -> list[di
     """A deterministic pairwise cover: every value of every knob, and every pair of values of two knobs that some
     answerable combination holds, is in at least one combination returned. Greedy: take the answerable combination
     that covers the most not yet covered until nothing is left, ties going to the first in an order shuffled with a
-    fixed seed; the smallest cover of `restarts` seeds wins (product order alone gives 16 decoder combinations, these
-    12)."""
+    fixed seed; the smallest cover of `restarts` seeds wins. What a combination covers is a bit set, so that a
+    product of some ten thousand combinations takes a second."""
     candidates = [dict(zip(knobs, values, strict=True)) for values in itertools.product(*knobs.values())]
     candidates = [candidate for candidate in candidates if can_be_answered(candidate)]
-    covers = [frozenset(covered_values(candidate)) for candidate in candidates]
-    wanted = frozenset().union(*covers)
+    bit_of: dict[tuple, int] = {}
+    covers = [
+        sum(1 << bit_of.setdefault(entry, len(bit_of)) for entry in covered_values(candidate))
+        for candidate in candidates
+    ]
+    wanted = (1 << len(bit_of)) - 1
     best: list[int] = []
     for seed in range(restarts):
         order = list(range(len(candidates)))
         random.Random(seed).shuffle(order)
-        chosen, uncovered = [order[0]], set(wanted - covers[order[0]])  # a family without knobs still renders once
+        chosen, uncovered = [order[0]], wanted & ~covers[order[0]]  # a family without knobs still renders once
         while uncovered:
-            index = max(order, key=lambda candidate: len(covers[candidate] & uncovered))
+            index = max(order, key=lambda candidate: (covers[candidate] & uncovered).bit_count())
             chosen.append(index)
-            uncovered -= covers[index]
+            uncovered &= ~covers[index]
         if not best or len(chosen) < len(best):
             best = chosen
     return [candidates[index] for index in best]
+
+
+def head_subsets_for(family: str, index: int) -> list[list[str]]:
+    """The heads the index-th combination of a family renders with: all of them, none, one head and all but that
+    one (the index picks it). Across a family's combinations, every knob value meets every head present and absent,
+    and every two heads meet in each of their four states: the heads are covered pairwise too."""
+    heads = FAMILY_HEADS[family]
+    if not heads:
+        return [[]]
+    picked = heads[index % len(heads)]
+    subsets = [heads, [], [picked], [head for head in heads if head != picked]]
+    return [list(subset) for subset in dict.fromkeys(map(tuple, subsets))]
 
 
 # The knob space is too large for its product: the matrices render a pairwise cover of each family's knobs
@@ -252,11 +271,6 @@ KNOB_COMBINATIONS = [
     for family, knobs in FAMILY_KNOBS.items()
     for combination in pairwise_combinations(knobs)
 ]
-
-
-def head_subsets(family: str) -> list[list[str]]:
-    heads = FAMILY_HEADS[family]
-    return [list(subset) for size in range(len(heads) + 1) for subset in itertools.combinations(heads, size)]
 
 
 CACHE_DIRS = {".git", ".ruff_cache", ".pytest_cache", "__pycache__"}

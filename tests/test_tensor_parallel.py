@@ -31,6 +31,11 @@ TP_CASES = {
         {"model_name": "TpQwenLike", "qk_norm": "per_head", "attention_window": "alternating", "qkv_bias": True},
         "CausalLM",
     ),
+    # Gathered q, k and v for the norms over whole projections; sandwich norms and soft-capping
+    "decoder-olmo2-like": (
+        {"model_name": "TpOlmoLike", "qk_norm": "projection", "norm_placement": "sandwich", "soft_capping": True},
+        "CausalLM",
+    ),
     "encoder": ({"model_name": "TpBertLike", "family": "encoder"}, "MaskedLM"),
     "encoder-pre-norm-rope": (
         {"model_name": "TpRopeEncoder", "family": "encoder", "norm_placement": "pre", "position_embedding": "rope"},

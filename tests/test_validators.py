@@ -13,8 +13,8 @@ import yaml
 from helpers import FAMILY_HEADS, FAMILY_KNOBS, HEAD_TABLE, REPO_ROOT
 
 QEFFICIENT_LLAMA_LIKE = (
-    "QEfficient onboarding follows its Llama-like models: full attention, no qk_norm, Llama's RMSNorm and unscaled "
-    "embeddings."
+    "QEfficient onboarding follows its Llama-like models: full attention, no qk_norm, Llama's pre-norm RMSNorm, "
+    "unscaled embeddings, scores scaled by head_dim and no soft-capping."
 )
 BAD_ANSWERS = {
     "model_name-lower-case": ({"model_name": "brandNewBert"}, "model_name must be CamelCase"),
@@ -83,6 +83,13 @@ BAD_ANSWERS = {
         QEFFICIENT_LLAMA_LIKE,
     ),
     "qefficient-with-scaled-embeddings": ({"embedding_scale": True, "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
+    "qefficient-with-sandwich-norms": ({"norm_placement": "sandwich", "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
+    "qefficient-with-projection-qk-norm": ({"qk_norm": "projection", "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
+    "qefficient-with-query-pre-attn-scalar": (
+        {"attention_scaling": "query_pre_attn_scalar", "qefficient": True},
+        QEFFICIENT_LLAMA_LIKE,
+    ),
+    "qefficient-with-soft-capping": ({"soft_capping": True, "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
     "qefficient-without-causal-lm": (
         {"heads": ["SequenceClassification"], "qefficient": True},
         "add the CausalLM head",
@@ -117,6 +124,15 @@ BAD_ANSWERS = {
     "start_date-month-13": ({"start_date": "2026-13-01"}, "start_date must be a date written YYYY-MM-DD"),
     "hub_repo_id-no-organization": ({"hub_repo_id": "brand-new-bert"}, "hub_repo_id must look like organization/name"),
     "weights_license-unknown": ({"weights_license": "wtfpl"}, "weights_license"),
+    "bert-post-norm-on-a-decoder": ({"norm_placement": "post"}, "Post-norm after the residual sum is the encoder's"),
+    "sandwich-norms-on-an-encoder": (
+        {"family": "encoder", "norm_placement": "sandwich"},
+        "Only decoders have sandwich norms",
+    ),
+    "post-sublayer-norms-on-an-encoder": (
+        {"family": "encoder", "norm_placement": "post_sublayer"},
+        "Only decoders normalize each sublayer's output",
+    ),
     "no-positions-on-an-encoder": (
         {"family": "encoder", "position_embedding": "none"},
         "Only decoders can do without position embeddings",
