@@ -3,7 +3,8 @@
 Default (CI): lint, tests, min_copier, qefficient_pin at QEfficient's pin, all under constraints.txt's pins. A maintainer runs `nox -s
 newest` when upstream releases (newest Transformers, tokenizers, huggingface-hub, Copier and ruff the ranges admit)
 and `nox -s oldest` (the lowest Transformers generated projects declare); both record what they passed with in
-COMPATIBILITY.md. Then `nox -s refresh_snapshots` after a Transformers release.
+COMPATIBILITY.md. Then `nox -s refresh_snapshots` after a Transformers release, and `nox -s fuzz` (the free-text
+fuzz test with 2,000 examples) before a release.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ TRANSFORMERS_COMPANIONS = ["tokenizers", "huggingface-hub"]
 ON_EVERY_CORE = ["--numprocesses=auto", "--dist=loadfile"]
 TRACKING_TESTS = [
     "tests/test_decoder_oracles.py",
+    "tests/test_encoder_oracles.py",
     "tests/test_bart_oracle.py",
     "tests/test_bert_oracle.py",
     "tests/test_render_matrix.py::test_answer_set_renders_clean_and_passes_its_own_tests",
@@ -317,6 +319,16 @@ def qefficient_pin(session: nox.Session, transformers: str) -> None:
     targets += [f"tests/test_render_matrix.py::{test}[qefficient_decoder]" for test in QEFFICIENT_ANSWER_SET_TESTS]
     session.run("python", "-m", "pytest", *(session.posargs or [*targets, *ON_EVERY_CORE]))
     record_compatibility(session, f"qefficient_pin({transformers})")
+
+
+@nox.session(venv_backend="none", default=False)
+def fuzz(session: nox.Session) -> None:
+    """The free-text fuzz tests with 2,000 examples instead of the default sessions' 150."""
+    bin_dir, env = shared_environment(session)
+    arguments = session.posargs or ["tests/test_free_text.py", *ON_EVERY_CORE]
+    session.run(
+        str(bin_dir / "python"), "-m", "pytest", *arguments, env={**env, "FUZZ_EXAMPLES": "2000"}, external=True
+    )
 
 
 @nox.session(venv_backend="none")

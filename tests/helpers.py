@@ -60,6 +60,7 @@ FAMILY_KNOBS = {
     },
     "encoder": {
         "position_embedding": ["learned", "rope"],
+        "padding_offset_positions": [False, True],
         "norm_placement": ["post", "pre"],
         "token_type_embeddings": [True, False],
         "pooler": [True, False],
@@ -216,7 +217,9 @@ def ruff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def can_be_answered(knobs: dict) -> bool:
     """Whether the questionnaire can give these knob values together (copier.yml's `when`s)."""
-    return not (knobs.get("linear_bias") and knobs.get("qkv_bias"))
+    both_biases = knobs.get("linear_bias") and knobs.get("qkv_bias")
+    offset_rotary = knobs.get("padding_offset_positions") and knobs.get("position_embedding") == "rope"
+    return not (both_biases or offset_rotary)
 
 
 def covered_values(knobs: dict) -> set[tuple]:

@@ -94,6 +94,14 @@ def test_qkv_bias_is_not_asked_when_every_projection_has_a_bias(render):
     assert "bias=config.attention_bias" in modeling and "bias=True" not in modeling
 
 
+def test_padding_offset_positions_is_not_asked_with_rotary_positions(render):
+    """can_be_answered's rule, as copier.yml's `when` applies it: with rotary positions, the answer is ignored."""
+    answers = {"family": "encoder", "position_embedding": "rope", "padding_offset_positions": True, "heads": []}
+    project = render(answers, name="offset-rotary")
+    modeling = (project / "src/brand_new_bert/modeling_brand_new_bert.py").read_text()
+    assert "torch.arange(seq_length, device=device)" in modeling and "padding_idx + 1" not in modeling
+
+
 def test_every_family_knob_and_head_combination_renders_clean_code(render):
     """Every combination of the cover with its subsets of heads: parseable, ruff-clean, formatting-stable. A failure
     names every combination that fails, not just the first."""
