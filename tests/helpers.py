@@ -211,6 +211,18 @@ def convert_cli(convert, checkpoint: Path, output: Path, *extra_args, config: Pa
     return convert.main([str(arg) for arg in args])
 
 
+def converted_with_generated_script(render, tmp_path_factory, name: str, answer_set: str, original, head: str):
+    """The rendered model of an answer set, loaded (eager attention) from `original`'s saved checkpoint after the
+    answer set's generated conversion script, unedited, converted it: the oracles' second model."""
+    checkpoint = tmp_path_factory.mktemp(f"{name}-checkpoint")
+    original.save_pretrained(checkpoint)
+    package, convert, _ = generated_modules(render, answer_set)
+    converted_dir = tmp_path_factory.mktemp(f"{name}-converted")
+    assert convert_cli(convert, checkpoint, converted_dir) == 0
+    rendered_class = getattr(package, f"{load_answer_set(answer_set)['model_name']}For{head}")
+    return rendered_class.from_pretrained(converted_dir, attn_implementation="eager").eval()
+
+
 def ruff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ruff", *args], capture_output=True, text=True, cwd=cwd)
 

@@ -23,7 +23,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from helpers import convert_cli, generated_modules, load_answer_set
+from helpers import converted_with_generated_script
 
 SMALL_CONFIG = {
     "vocab_size": 128,
@@ -81,15 +81,9 @@ def model_pair(request, render, tmp_path_factory):
     answer_set, config_class, model_class, changes = ORACLES[request.param]
     torch.manual_seed(0)
     original = model_class(config_class(**{**SMALL_CONFIG, **changes}, attn_implementation="eager")).eval()
-    checkpoint = tmp_path_factory.mktemp(f"{request.param}-checkpoint")
-    original.save_pretrained(checkpoint)
-
-    package, convert, _ = generated_modules(render, answer_set)
-    converted_dir = tmp_path_factory.mktemp(f"{request.param}-converted")
-    assert convert_cli(convert, checkpoint, converted_dir) == 0
-    rendered_class = getattr(package, f"{load_answer_set(answer_set)['model_name']}ForCausalLM")
-    rendered = rendered_class.from_pretrained(converted_dir, attn_implementation="eager").eval()
-    return original, rendered
+    return original, converted_with_generated_script(
+        render, tmp_path_factory, request.param, answer_set, original, "CausalLM"
+    )
 
 
 def test_the_converted_state_dict_has_the_originals_keys_and_shapes(model_pair):

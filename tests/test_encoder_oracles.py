@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import RobertaConfig, RobertaForMaskedLM
 
-from helpers import convert_cli, generated_modules, load_answer_set
+from helpers import converted_with_generated_script
 
 # RoBERTa's own numbering: <s> 0, <pad> 1, </s> 2, and positions from pad_token_id + 1 (514 rows for 512 tokens)
 SMALL_CONFIG = {
@@ -35,15 +35,9 @@ def model_pair(request, render, tmp_path_factory):
     answer_set, config_class, model_class = ORACLES[request.param]
     torch.manual_seed(0)
     original = model_class(config_class(**SMALL_CONFIG, attn_implementation="eager")).eval()
-    checkpoint = tmp_path_factory.mktemp(f"{request.param}-checkpoint")
-    original.save_pretrained(checkpoint)
-
-    package, convert, _ = generated_modules(render, answer_set)
-    converted_dir = tmp_path_factory.mktemp(f"{request.param}-converted")
-    assert convert_cli(convert, checkpoint, converted_dir) == 0
-    rendered_class = getattr(package, f"{load_answer_set(answer_set)['model_name']}ForMaskedLM")
-    rendered = rendered_class.from_pretrained(converted_dir, attn_implementation="eager").eval()
-    return original, rendered
+    return original, converted_with_generated_script(
+        render, tmp_path_factory, request.param, answer_set, original, "MaskedLM"
+    )
 
 
 def padded_batch() -> dict[str, torch.Tensor]:
