@@ -7,7 +7,7 @@ Measured side by side in one run, on the committed template (HEAD):
 - `copier copy --trust --defaults` with its hooks (format, smoke test, git) against the floor: a Python process
   that imports torch and transformers and runs one tiny forward pass of LlamaForCausalLM; `copier update` across
   one version against a copy.
-- each family's generated model, and the decoder answer sets of Mistral, Qwen3, Gemma, Gemma2 and OLMo2, against
+- each family's generated model, and the decoder answer sets of Mistral, Qwen3, Gemma, Gemma2, OLMo2 and Mixtral, against
   its Transformers twin with the same config and weights (converted by the generated conversion script): a forward
   pass on 4 x 512 tokens and greedy generation of 64 new tokens, fp32, eager and SDPA attention (eager only where
   the twin soft-caps, as Gemma2, which has no SDPA); time (median of alternated runs, weights in fresh memory and as mapped from the
@@ -110,6 +110,15 @@ TWINS = {
         "Olmo2Config(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, "
         "num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024, tie_word_embeddings=False)",
         "Olmo2ForCausalLM",
+        "ForCausalLM",
+    ),
+    "decoder, Mixtral": (
+        "decoder",
+        "mixtral_equivalent",
+        "MixtralConfig(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, "
+        "num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, "
+        "sliding_window=48, num_local_experts=4, num_experts_per_tok=2)",
+        "MixtralForCausalLM",
         "ForCausalLM",
     ),
     "encoder": (
@@ -461,7 +470,7 @@ def report(command: str, machine: dict, workflow: dict, models: dict, controls: 
         "Memory: the most tensor memory the task holds at once beyond the loaded model, from the running sum of",
         "PyTorch's CPU allocations and frees recorded by the profiler (exact: the resident set size has about 1 MiB of",
         "allocator noise, as much as a whole generation's cache here). Max difference: the largest absolute difference",
-        "of the forward outputs, or the number of differing generated tokens. The Mistral and Qwen3 twins attend",
+        "of the forward outputs, or the number of differing generated tokens. The Mistral, Qwen3 and Mixtral twins attend",
         "within windows of 48 tokens (Qwen3 in its upper two layers), shorter than both tasks' sequences.",
         "",
         "| twin, task, attention | generated | twin | time ratio | time ratio, weights mapped from the files"

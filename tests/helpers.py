@@ -57,6 +57,8 @@ FAMILY_KNOBS = {
         "norm_placement": ["pre", "post_sublayer", "sandwich"],
         "attention_scaling": ["head_dim", "query_pre_attn_scalar"],
         "soft_capping": [False, True],
+        "parallel_residual": [False, True],
+        "mixture_of_experts": ["none", "routed", "routed_and_shared"],
     },
     "encoder": {
         "position_embedding": ["learned", "rope"],
@@ -228,10 +230,14 @@ def ruff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def can_be_answered(knobs: dict) -> bool:
-    """Whether the questionnaire can give these knob values together (copier.yml's `when`s)."""
+    """Whether the questionnaire can give these knob values together (copier.yml's `when`s, and the validators that
+    refuse a combination of knobs); a knob the combination does not hold yet refuses nothing."""
     both_biases = knobs.get("linear_bias") and knobs.get("qkv_bias")
     offset_rotary = knobs.get("padding_offset_positions") and knobs.get("position_embedding") == "rope"
-    return not (both_biases or offset_rotary)
+    parallel_without_pre_norm = knobs.get("parallel_residual") and knobs.get("norm_placement", "pre") != "pre"
+    experts = knobs.get("mixture_of_experts", "none") != "none"
+    ungated_or_biased_experts = experts and (knobs.get("mlp") == "gelu" or knobs.get("linear_bias"))
+    return not (both_biases or offset_rotary or parallel_without_pre_norm or ungated_or_biased_experts)
 
 
 def covered_values(knobs: dict) -> set[tuple]:
@@ -240,32 +246,54 @@ def covered_values(knobs: dict) -> set[tuple]:
     return {(value,) for value in values} | set(itertools.combinations(values, 2))
 
 
-def pairwise_combinations(knobs: dict[str, list], restarts: int = 10) -> list[dict]:
-    """A deterministic pairwise cover: every value of every knob, and every pair of values of two knobs that some
-    answerable combination holds, is in at least one combination returned. Greedy: take the answerable combination
-    that covers the most not yet covered until nothing is left, ties going to the first in an order shuffled with a
-    fixed seed; the smallest cover of `restarts` seeds wins. What a combination covers is a bit set, so that a
-    product of some ten thousand combinations takes a second."""
-    candidates = [dict(zip(knobs, values, strict=True)) for values in itertools.product(*knobs.values())]
-    candidates = [candidate for candidate in candidates if can_be_answered(candidate)]
-    bit_of: dict[tuple, int] = {}
-    covers = [
-        sum(1 << bit_of.setdefault(entry, len(bit_of)) for entry in covered_values(candidate))
-        for candidate in candidates
-    ]
-    wanted = (1 << len(bit_of)) - 1
-    best: list[int] = []
+def pairwise_combinations(knobs: dict[str, list], restarts: int = 10, tries: int = 10) -> list[dict]:
+    """A deterministic pairwise cover: every value of every knob, and every pair of values of two knobs that the
+    questionnaire allows together, is in at least one combination returned. Greedy, one combination at a time
+    (AETG): of `tries` combinations grown from a value or pair not yet covered (`grown_combination`), the one that
+    covers the most not yet covered; randomness from a fixed seed, and the smallest cover of `restarts` seeds wins.
+    It never builds the knobs' product, which has some hundred thousand combinations."""
+    if not knobs:
+        return [{}]  # a family without knobs still renders once
+    wanted = {(value,) for value in ((knob, value) for knob, values in knobs.items() for value in values)}
+    for (knob, values), (other, other_values) in itertools.combinations(knobs.items(), 2):
+        for value, other_value in itertools.product(values, other_values):
+            if can_be_answered({knob: value, other: other_value}):
+                wanted |= covered_values({knob: value, other: other_value})
+    best: list[dict] = []
     for seed in range(restarts):
-        order = list(range(len(candidates)))
-        random.Random(seed).shuffle(order)
-        chosen, uncovered = [order[0]], wanted & ~covers[order[0]]  # a family without knobs still renders once
+        rng = random.Random(seed)
+        uncovered, cover = set(wanted), []
         while uncovered:
-            index = max(order, key=lambda candidate: (covers[candidate] & uncovered).bit_count())
-            chosen.append(index)
-            uncovered &= ~covers[index]
-        if not best or len(chosen) < len(best):
-            best = chosen
-    return [candidates[index] for index in best]
+            candidates = [grown_combination(knobs, uncovered, rng) for _ in range(tries)]
+            combination = max(candidates, key=lambda candidate: len(covered_values(candidate) & uncovered))
+            cover.append(combination)
+            uncovered -= covered_values(combination)
+        if not best or len(cover) < len(best):
+            best = cover
+    return [{knob: combination[knob] for knob in knobs} for combination in best]
+
+
+def grown_combination(knobs: dict[str, list], uncovered: set[tuple], rng: random.Random) -> dict:
+    """A combination holding a value or pair of `uncovered`, whose other knobs, in a shuffled order, each take the
+    allowed value that covers the most of `uncovered` with what the combination holds so far."""
+    combination = dict(rng.choice(sorted(uncovered, key=repr)))
+    for knob in rng.sample(list(knobs), len(knobs)):
+        if knob not in combination:
+            combination[knob] = best_value(knobs[knob], knob, combination, uncovered, rng)
+    return combination
+
+
+def best_value(values: list, knob: str, combination: dict, uncovered: set[tuple], rng: random.Random):
+    """Of a knob's values that the combination allows, the one that covers the most of `uncovered` with it."""
+    allowed = [value for value in rng.sample(values, len(values)) if can_be_answered({**combination, knob: value})]
+    if not allowed:
+        raise ValueError(f"no value of {knob} goes with {combination}: can_be_answered has a constraint of 3 knobs")
+
+    def newly_covered(value) -> int:
+        entry = (knob, value)
+        return ((entry,) in uncovered) + sum(tuple(sorted([entry, item])) in uncovered for item in combination.items())
+
+    return max(allowed, key=newly_covered)
 
 
 def head_subsets_for(family: str, index: int) -> list[list[str]]:

@@ -26,6 +26,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
 )
 
 from helpers import convert_cli, generated_modules, import_rendered_package, load_answer_set
@@ -461,6 +463,50 @@ def test_new_parameters_fill_what_the_original_lacks_and_a_stale_one_is_refused(
     stale = [convert.NewParameter(r"model\.norm\.bias"), *convert.CHECKPOINT_KEY_RULES]
     with pytest.raises(convert.ConversionError, match=r"NewParameter\('model\\\\.norm\\\\.bias'\) matches no key"):
         convert.convert_checkpoint(tmp_path / "llama", tmp_path / "stale", values, rules=stale)
+
+
+def test_experts_saved_one_by_one_are_stacked_and_a_gap_or_a_repeat_is_refused(render, tmp_path):
+    package, convert, _ = generated_modules(render, "mixtral_equivalent")
+    torch.manual_seed(0)
+    sizes = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2}
+    sizes |= {"num_attention_heads": 8, "num_key_value_heads": 2, "num_local_experts": 4, "tie_word_embeddings": False}
+    mixtral = MixtralForCausalLM(MixtralConfig(**sizes)).eval()
+    mixtral.save_pretrained(tmp_path / "mixtral")  # expert by expert: block_sparse_moe.experts.{e}.w1, w2, w3
+    state = safetensors.torch.load_file(tmp_path / "mixtral" / "model.safetensors")
+    values = convert.read_config_values(tmp_path / "mixtral" / "config.json", [])
+
+    convert.convert_checkpoint(tmp_path / "mixtral", tmp_path / "out", values, model_card=None)
+    converted = package.OracleMixtralForCausalLM.from_pretrained(tmp_path / "out").eval()
+    experts, original_expert = converted.model.layers[1].mlp.experts, "model.layers.1.block_sparse_moe.experts.2"
+    assert torch.equal(experts.gate_up_proj[2, :96], state[f"{original_expert}.w1.weight"])  # gate, then up
+    assert torch.equal(experts.gate_up_proj[2, 96:], state[f"{original_expert}.w3.weight"])
+    assert torch.equal(experts.down_proj[2], state[f"{original_expert}.w2.weight"])
+    assert_same_logits(converted, mixtral)
+
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    (gap / "config.json").write_bytes((tmp_path / "mixtral" / "config.json").read_bytes())
+    without_expert = {
+        key: tensor for key, tensor in state.items() if "layers.1.block_sparse_moe.experts.1." not in key
+    }
+    safetensors.torch.save_file(without_expert, gap / "model.safetensors")
+    with pytest.raises(
+        convert.ConversionError, match=r"no original tensor fills index 1, part 0 of model\.layers\.1\."
+    ):
+        convert.convert_checkpoint(gap, tmp_path / "gap-out", values)
+
+    up_as_gate = convert.KeyRule(
+        r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w3\.weight",
+        r"model.layers.\1.mlp.experts.gate_up_proj",
+        stacked=convert.Stacked(r"\2", part=0, parts=2),
+    )
+    with pytest.raises(
+        convert.ConversionError, match=r"experts\.0\.w1\.weight and .+experts\.0\.w3\.weight both fill"
+    ):
+        convert.convert_checkpoint(
+            tmp_path / "mixtral", tmp_path / "repeat-out", values, rules=[up_as_gate, *convert.CHECKPOINT_KEY_RULES]
+        )
+    assert not (tmp_path / "gap-out").exists() and not (tmp_path / "repeat-out").exists()
 
 
 def test_computed_keys_map_a_renumbered_original(render, tmp_path):

@@ -11,14 +11,20 @@ from transformers import (
     Gemma2ForCausalLM,
     GemmaConfig,
     GemmaForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     Olmo2Config,
     Olmo2ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
 )
@@ -40,6 +46,8 @@ SMALL_CONFIG = {
     "eos_token_id": 2,
     "tie_word_embeddings": False,
 }
+# A key of SMALL_CONFIG that an upstream config lacks
+ABSENT = object()
 # Each upstream model: the answer set that follows it, its classes, and what its small config changes. Windows are
 # shorter than the inputs and the generated text, so that they change the results.
 ORACLES = {
@@ -72,7 +80,37 @@ ORACLES = {
         Qwen3ForCausalLM,
         {"head_dim": 12, "use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1},
     ),
+    # Multi-head attention fused head by head, a quarter of each head rotating, attention and MLP in parallel
+    "gpt_neox": (
+        "gpt_neox_equivalent",
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        {
+            **{"num_key_value_heads": ABSENT, "rms_norm_eps": ABSENT, "layer_norm_eps": 1e-5},
+            **{"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
+        },
+    ),
+    "mixtral": (
+        "mixtral_equivalent",
+        MixtralConfig,
+        MixtralForCausalLM,
+        {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 5},
+    ),
+    # Unnormalized routing weights (its default), and a dense layer among the sparse ones
+    "qwen2_moe": (
+        "qwen2_moe_equivalent",
+        Qwen2MoeConfig,
+        Qwen2MoeForCausalLM,
+        {
+            **{"num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": False, "mlp_only_layers": [1]},
+            **{"moe_intermediate_size": 32, "shared_expert_intermediate_size": 48},
+        },
+    ),
 }
+
+# Upstream models whose modules Transformers names otherwise than Llama (GPT-NeoX: gpt_neox.embed_in, a fused
+# query_key_value), so that the conversion renames them
+NAMED_APART = {"gpt_neox"}
 
 
 @pytest.fixture(scope="module", params=list(ORACLES))
@@ -80,21 +118,26 @@ def model_pair(request, render, tmp_path_factory):
     """A random upstream model, and the rendered model its checkpoint converts into with the generated script."""
     answer_set, config_class, model_class, changes = ORACLES[request.param]
     torch.manual_seed(0)
-    original = model_class(config_class(**{**SMALL_CONFIG, **changes}, attn_implementation="eager")).eval()
+    values = {key: value for key, value in {**SMALL_CONFIG, **changes}.items() if value is not ABSENT}
+    original = model_class(config_class(**values, attn_implementation="eager")).eval()
     return original, converted_with_generated_script(
         render, tmp_path_factory, request.param, answer_set, original, "CausalLM"
     )
 
 
-def test_the_converted_state_dict_has_the_originals_keys_and_shapes(model_pair):
+def test_the_converted_state_dict_has_the_originals_keys_and_shapes(request, model_pair):
     original, rendered = model_pair
+    if request.node.callspec.params["model_pair"] in NAMED_APART:
+        # As many values, fused otherwise
+        assert rendered.num_parameters() == original.num_parameters()
+        return
     assert {name: tuple(t.shape) for name, t in rendered.state_dict().items()} == {
         name: tuple(t.shape) for name, t in original.state_dict().items()
     }
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_logits_match_the_original_within_1e_5(model_pair, attn_implementation):
+def test_logits_and_loss_match_the_original_within_1e_5(model_pair, attn_implementation):
     original, rendered = model_pair
     if not original._supports_sdpa and attn_implementation == "sdpa":
         pytest.skip(f"{type(original).__name__} has no SDPA attention (it soft-caps the scores)")
@@ -103,13 +146,24 @@ def test_logits_match_the_original_within_1e_5(model_pair, attn_implementation):
     input_ids = torch.randint(3, SMALL_CONFIG["vocab_size"], (3, 17), generator=torch.Generator().manual_seed(1))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, :4] = 0  # a left-padded row
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": input_ids.masked_fill(~attention_mask.bool(), -100),
+    }
+    mixture_of_experts = hasattr(original.config, "num_experts_per_tok")
+    if mixture_of_experts:
+        inputs["output_router_logits"] = True  # the loss then includes the load-balancing loss
 
     with torch.no_grad():
-        expected = original(input_ids=input_ids, attention_mask=attention_mask).logits
-        actual = rendered(input_ids=input_ids, attention_mask=attention_mask).logits
+        expected, actual = original(**inputs), rendered(**inputs)
 
     real_tokens = attention_mask.bool()
-    torch.testing.assert_close(actual[real_tokens], expected[real_tokens], rtol=0, atol=1e-5)
+    torch.testing.assert_close(actual.logits[real_tokens], expected.logits[real_tokens], rtol=0, atol=1e-5)
+    torch.testing.assert_close(actual.loss, expected.loss, rtol=0, atol=1e-5)
+    if mixture_of_experts:
+        assert expected.aux_loss > 0
+        torch.testing.assert_close(actual.aux_loss, expected.aux_loss, rtol=0, atol=1e-6)
 
 
 def test_greedy_generation_matches_the_original_exactly(model_pair):

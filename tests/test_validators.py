@@ -14,7 +14,7 @@ from helpers import FAMILY_HEADS, FAMILY_KNOBS, HEAD_TABLE, REPO_ROOT
 
 QEFFICIENT_LLAMA_LIKE = (
     "QEfficient onboarding follows its Llama-like models: full attention, no qk_norm, Llama's pre-norm RMSNorm, "
-    "unscaled embeddings, scores scaled by head_dim and no soft-capping."
+    "unscaled embeddings, scores scaled by head_dim, no soft-capping, one MLP and sequential residuals."
 )
 BAD_ANSWERS = {
     "model_name-lower-case": ({"model_name": "brandNewBert"}, "model_name must be CamelCase"),
@@ -90,6 +90,21 @@ BAD_ANSWERS = {
         QEFFICIENT_LLAMA_LIKE,
     ),
     "qefficient-with-soft-capping": ({"soft_capping": True, "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
+    "qefficient-with-experts": ({"mixture_of_experts": "routed", "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
+    "qefficient-with-parallel-residual": ({"parallel_residual": True, "qefficient": True}, QEFFICIENT_LLAMA_LIKE),
+    "experts-ungated": ({"mixture_of_experts": "routed", "mlp": "gelu"}, "The experts are gated MLPs"),
+    "experts-with-biases": (
+        {"mixture_of_experts": "routed_and_shared", "linear_bias": True},
+        "The experts carry no bias, as Mixtral's and Qwen2-MoE's: answer linear_bias false.",
+    ),
+    "one-expert": (
+        {"mixture_of_experts": "routed", "num_experts": 1},
+        "A mixture of experts needs at least 2 experts.",
+    ),
+    "more-experts-per-token-than-experts": (
+        {"mixture_of_experts": "routed", "num_experts": 4, "num_experts_per_tok": 5},
+        "num_experts_per_tok (5) must be between 1 and num_experts (4).",
+    ),
     "qefficient-without-causal-lm": (
         {"heads": ["SequenceClassification"], "qefficient": True},
         "add the CausalLM head",
