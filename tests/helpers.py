@@ -213,6 +213,16 @@ def convert_cli(convert, checkpoint: Path, output: Path, *extra_args, config: Pa
     return convert.main([str(arg) for arg in args])
 
 
+def assert_same_logits_and_hidden_states(actual, expected, attention_mask, atol: float = 1e-5) -> None:
+    """An encoder oracle's check: the logits and every hidden state agree on the real (unmasked) tokens."""
+    import torch  # here: the other helpers run without torch loaded
+
+    real_tokens = attention_mask.bool()
+    torch.testing.assert_close(actual.logits[real_tokens], expected.logits[real_tokens], rtol=0, atol=atol)
+    for actual_states, expected_states in zip(actual.hidden_states, expected.hidden_states, strict=True):
+        torch.testing.assert_close(actual_states[real_tokens], expected_states[real_tokens], rtol=0, atol=atol)
+
+
 def converted_with_generated_script(render, tmp_path_factory, name: str, answer_set: str, original, head: str):
     """The rendered model of an answer set, loaded (eager attention) from `original`'s saved checkpoint after the
     answer set's generated conversion script, unedited, converted it: the oracles' second model."""

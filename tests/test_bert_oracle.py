@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-from helpers import import_rendered_package, load_answer_set
+from helpers import assert_same_logits_and_hidden_states, import_rendered_package, load_answer_set
 
 ORACLE_CONFIG = {
     "vocab_size": 120,
@@ -89,10 +89,7 @@ def test_masked_lm_logits_and_hidden_states_match_bert_within_1e_5(package, attn
         expected = bert(**batch, output_hidden_states=True)
         actual = rendered(**batch, output_hidden_states=True)
 
-    real_tokens = batch["attention_mask"].bool()
-    torch.testing.assert_close(actual.logits[real_tokens], expected.logits[real_tokens], rtol=0, atol=1e-5)
-    for actual_layer, expected_layer in zip(actual.hidden_states, expected.hidden_states, strict=True):
-        torch.testing.assert_close(actual_layer[real_tokens], expected_layer[real_tokens], rtol=0, atol=1e-5)
+    assert_same_logits_and_hidden_states(actual, expected, batch["attention_mask"])
 
 
 def test_base_model_and_pooler_match_bert_model_within_1e_5(package):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import RobertaConfig, RobertaForMaskedLM
 
-from helpers import converted_with_generated_script
+from helpers import assert_same_logits_and_hidden_states, converted_with_generated_script
 
 # RoBERTa's own numbering: <s> 0, <pad> 1, </s> 2, and positions from pad_token_id + 1 (514 rows for 512 tokens)
 SMALL_CONFIG = {
@@ -69,7 +69,4 @@ def test_logits_and_hidden_states_match_the_original_within_1e_5(model_pair, att
         expected = original(**inputs, output_hidden_states=True)
         actual = rendered(**inputs, output_hidden_states=True)
 
-    real_tokens = inputs["attention_mask"].bool()
-    torch.testing.assert_close(actual.logits[real_tokens], expected.logits[real_tokens], rtol=0, atol=1e-5)
-    for actual_states, expected_states in zip(actual.hidden_states, expected.hidden_states, strict=True):
-        torch.testing.assert_close(actual_states[real_tokens], expected_states[real_tokens], rtol=0, atol=1e-5)
+    assert_same_logits_and_hidden_states(actual, expected, inputs["attention_mask"])
