@@ -322,6 +322,17 @@ def qefficient_pin(session: nox.Session, transformers: str) -> None:
 
 
 @nox.session(venv_backend="none", default=False)
+def every_release(session: nox.Session) -> None:
+    """The release tests with a project from every release updated to the newest, not only from the first releases,
+    the quick start and the release before the newest (the default sessions')."""
+    bin_dir, env = shared_environment(session)
+    arguments = session.posargs or ["tests/test_releases.py", *ON_EVERY_CORE]
+    session.run(
+        str(bin_dir / "python"), "-m", "pytest", *arguments, env={**env, "TEST_EVERY_RELEASE": "1"}, external=True
+    )
+
+
+@nox.session(venv_backend="none", default=False)
 def fuzz(session: nox.Session) -> None:
     """The free-text fuzz tests with 2,000 examples instead of the default sessions' 150."""
     bin_dir, env = shared_environment(session)

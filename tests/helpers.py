@@ -48,7 +48,7 @@ FAMILY_KNOBS = {
     "decoder": {
         "normalization": ["rms_norm", "layer_norm", "rms_norm_unit_offset"],
         "position_embedding": ["rope", "learned", "none"],
-        "mlp": ["gated_silu", "gelu", "gated_gelu_tanh"],
+        "mlp": ["gated_silu", "gelu", "gated_gelu_tanh", "gated_gelu"],
         "embedding_scale": [False, True],
         "linear_bias": [False, True],
         "qkv_bias": [False, True],
@@ -64,6 +64,10 @@ FAMILY_KNOBS = {
         "position_embedding": ["learned", "rope"],
         "padding_offset_positions": [False, True],
         "norm_placement": ["post", "pre"],
+        "embedding_norm": [False, True],
+        "mlp": ["gelu", "gated_gelu", "gated_silu", "gated_gelu_tanh"],
+        "linear_bias": [True, False],
+        "attention_window": ["full", "sliding", "alternating"],
         "token_type_embeddings": [True, False],
         "pooler": [True, False],
     },
@@ -245,9 +249,16 @@ def can_be_answered(knobs: dict) -> bool:
     both_biases = knobs.get("linear_bias") and knobs.get("qkv_bias")
     offset_rotary = knobs.get("padding_offset_positions") and knobs.get("position_embedding") == "rope"
     parallel_without_pre_norm = knobs.get("parallel_residual") and knobs.get("norm_placement", "pre") != "pre"
+    embedding_norm_without_pre_norm = knobs.get("embedding_norm") and knobs.get("norm_placement", "pre") != "pre"
     experts = knobs.get("mixture_of_experts", "none") != "none"
     ungated_or_biased_experts = experts and (knobs.get("mlp") == "gelu" or knobs.get("linear_bias"))
-    return not (both_biases or offset_rotary or parallel_without_pre_norm or ungated_or_biased_experts)
+    return not (
+        both_biases
+        or offset_rotary
+        or parallel_without_pre_norm
+        or embedding_norm_without_pre_norm
+        or ungated_or_biased_experts
+    )
 
 
 def covered_values(knobs: dict) -> set[tuple]:

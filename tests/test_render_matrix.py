@@ -33,8 +33,8 @@ from helpers import (
 )
 
 # What CONTRIBUTING.md says the cover holds: combinations per family, and renders with their subsets of heads
-COVER_SIZES = {"decoder": 16, "encoder": 6, "encoder-decoder": 1}
-COVER_RENDERS = 92
+COVER_SIZES = {"decoder": 17, "encoder": 12, "encoder-decoder": 1}
+COVER_RENDERS = 120
 # Each combination with each subset of heads it renders with
 MATRIX_RENDERS = [
     (knobs, heads)
@@ -100,6 +100,14 @@ def test_padding_offset_positions_is_not_asked_with_rotary_positions(render):
     project = render(answers, name="offset-rotary")
     modeling = (project / "src/brand_new_bert/modeling_brand_new_bert.py").read_text()
     assert "torch.arange(seq_length, device=device)" in modeling and "padding_idx + 1" not in modeling
+
+
+def test_embedding_norm_is_not_asked_with_post_norm(render):
+    """can_be_answered's rule, as copier.yml's `when` applies it: a post-norm encoder's first layer keeps its norm."""
+    answers = {"family": "encoder", "norm_placement": "post", "embedding_norm": True, "heads": []}
+    project = render(answers, name="post-norm-embedding-norm")
+    modeling = (project / "src/brand_new_bert/modeling_brand_new_bert.py").read_text()
+    assert "nn.Identity()" not in modeling and "self.attention_layer_norm = nn.LayerNorm(" in modeling
 
 
 def test_every_family_knob_and_head_combination_renders_clean_code(render):
