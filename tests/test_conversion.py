@@ -686,7 +686,7 @@ STREAMED_CASES = {
 }
 
 
-# 0.6.0's knobs, at the values that keep the 0.4.0 architecture
+# 0.6.0's and 0.12.0's knobs, at the values that keep the 0.4.0 architecture
 CONFIG_FIELDS_ADDED_SINCE_0_4_0 = {
     "logit_scale": 1.0,
     "attention_bias": True,
@@ -694,6 +694,7 @@ CONFIG_FIELDS_ADDED_SINCE_0_4_0 = {
     "layer_norm_bias": True,
     "embedding_layer_norm": True,
     "masked_lm_transform": True,
+    "masked_lm_transform_bias": True,
 }
 
 
