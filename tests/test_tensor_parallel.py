@@ -36,6 +36,11 @@ TP_CASES = {
         {"model_name": "TpOlmoLike", "qk_norm": "projection", "norm_placement": "sandwich", "soft_capping": True},
         "CausalLM",
     ),
+    # The experts stay whole on every process: only expert parallelism splits them
+    "decoder-qwen2-moe-like": (
+        {"model_name": "TpMoeLike", "mixture_of_experts": "routed_and_shared", "num_experts": 4},
+        "CausalLM",
+    ),
     "encoder": ({"model_name": "TpBertLike", "family": "encoder"}, "MaskedLM"),
     "encoder-pre-norm-rope": (
         {"model_name": "TpRopeEncoder", "family": "encoder", "norm_placement": "pre", "position_embedding": "rope"},
@@ -107,6 +112,8 @@ def test_tensor_parallel_logits_equal_the_single_process_logits(render, tmp_path
         config_values["num_key_value_heads"] = 2
     if "attention_window" in answers:
         config_values["sliding_window"] = 4  # shorter than the inputs
+    if "mixture_of_experts" in answers:
+        config_values.update(moe_intermediate_size=16, shared_expert_intermediate_size=32)
 
     torch.manual_seed(0)
     model = getattr(package, model_class)(getattr(package, f"{answers['model_name']}Config")(**config_values)).eval()
