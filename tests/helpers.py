@@ -243,6 +243,17 @@ def ruff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ruff", *args], capture_output=True, text=True, cwd=cwd)
 
 
+def mlinter(*paths: Path) -> subprocess.CompletedProcess:
+    """transformers-mlinter, upstream's structural rules for model files, over the model files under `paths`."""
+    command = [sys.executable, "-m", "mlinter", "--no-progress", "--no-cache", *map(str, paths)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def assert_mlinter_clean(*projects: Path) -> None:
+    result = mlinter(*(project / folder for project in projects for folder in ("src", "tests")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def can_be_answered(knobs: dict) -> bool:
     """Whether the questionnaire can give these knob values together (copier.yml's `when`s, and the validators that
     refuse a combination of knobs); a knob the combination does not hold yet refuses nothing."""

@@ -7,6 +7,7 @@ what upstream checks therefore cannot run). One checkout holds a model of each f
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import importlib.metadata
 import importlib.util
 import json
@@ -33,6 +34,7 @@ from helpers import (
     assert_clean_text,
     git,
     make_tagged_template,
+    mlinter,
     noxfile,
     ruff,
 )
@@ -104,8 +106,9 @@ TOKENIZERS = ["bpe", "wordpiece", "unigram", "reuse", "none"]
 
 
 def test_every_knob_combination_renders_clean_code_in_the_checkouts_style(render, transformers_sdist):
-    """Each knob combination with every head and with none, tokenizers in turn: parseable, clean, and ruff-clean and
-    formatting-stable under the checkout's own ruff configuration, before any hook runs."""
+    """Each knob combination with every head and with none, tokenizers in turn: parseable, clean, ruff-clean and
+    formatting-stable under the checkout's own ruff configuration, before any hook runs, and clean of
+    transformers-mlinter's findings."""
     with tarfile.open(transformers_sdist) as archive:
         member = next(name for name in archive.getnames() if name.count("/") == 1 and name.endswith("/pyproject.toml"))
         checkout_configuration = archive.extractfile(member).read()
@@ -125,6 +128,8 @@ def test_every_knob_combination_renders_clean_code_in_the_checkouts_style(render
     assert check.returncode == 0, check.stdout
     formatting = ruff("format", "--check", "--no-cache", *map(str, model_dirs))
     assert formatting.returncode == 0, formatting.stdout
+    linted = mlinter(*model_dirs)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
 def mapping_keys(text: str, name: str) -> list[str]:
@@ -297,6 +302,42 @@ TOCTREE_WITH_TITLES_LAST = """\
     title: Vision models
   title: Models
 """
+
+
+# Upstream's repository checks (a snapshot beside this repository, ../shared/ in CI; see its README)
+UPSTREAM_UTILS = REPO_ROOT.parent / "shared" / "upstream-transformers" / "utils"
+UPSTREAM_PARSERS_SCRIPT = """
+import datetime, json, sys
+sys.path.insert(0, sys.argv[1])
+import add_dates, check_config_docstrings, check_repo
+found = {}
+for model_type, config_class in json.loads(sys.argv[2]).items():
+    with open(f"docs/source/en/model_doc/{model_type}.md", encoding="utf-8") as doc:
+        dates = add_dates._get_dates_pattern_match(doc.read())
+    module = __import__(f"transformers.models.{model_type}", fromlist=[config_class])
+    found[model_type] = {
+        "contributed": dates.group(2) if dates else None,
+        "tested": sorted(check_repo.find_tested_models(f"models/{model_type}/test_modeling_{model_type}.py")),
+        "checkpoint": check_config_docstrings.get_checkpoint_from_config_class(getattr(module, config_class)),
+    }
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(not UPSTREAM_UTILS.is_dir(), reason=f"upstream's utils/ are not at {UPSTREAM_UTILS}")
+def test_upstreams_checks_find_the_date_line_the_tested_classes_and_the_checkpoint(checkout):
+    """What utils/add_dates.py, check_repo.py and check_config_docstrings.py read, read with their own code: the doc
+    page's date line, the literal `all_model_classes` of the common test class, the config's checkpoint."""
+    root, _ = checkout
+    configs = {model_type: f"{model_name}Config" for model_name, model_type, _ in MODELS.values()}
+    result = in_checkout(root, UPSTREAM_PARSERS_SCRIPT, str(UPSTREAM_UTILS), json.dumps(configs))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    for family, (model_name, model_type, _) in MODELS.items():
+        heads = [f"{model_name}{'For' + head}" for head in FAMILY_HEADS[family]]
+        assert found[model_type]["tested"] == sorted([f"{model_name}Model", *heads]), family
+        assert found[model_type]["checkpoint"] == f"your-org/{model_type.replace('_', '-')}", family
+        assert found[model_type]["contributed"] == datetime.date.today().isoformat(), family
 
 
 def test_the_docs_entry_joins_the_text_models_in_title_order_whichever_way_the_toctree_is_laid_out():

@@ -20,6 +20,7 @@ from helpers import (
     REPO_ROOT,
     assert_clean_text,
     assert_generated_tests_pass,
+    assert_mlinter_clean,
     assert_ruff_clean,
     assert_suite_passed,
     can_be_answered,
@@ -27,6 +28,7 @@ from helpers import (
     covered_values,
     head_subsets_for,
     load_answer_set,
+    mlinter,
     outside_declared_transformers,
     ruff,
     run_generated_test_suites,
@@ -111,8 +113,8 @@ def test_embedding_norm_is_not_asked_with_post_norm(render):
 
 
 def test_every_family_knob_and_head_combination_renders_clean_code(render):
-    """Every combination of the cover with its subsets of heads: parseable, ruff-clean, formatting-stable. A failure
-    names every combination that fails, not just the first."""
+    """Every combination of the cover with its subsets of heads: parseable, ruff-clean, formatting-stable, clean of
+    transformers-mlinter's findings. A failure names every combination that fails, not just the first."""
     projects, failures = {}, []
     for knobs, heads in MATRIX_RENDERS:
         answers = {**knobs, "heads": heads, "model_name": "Matrix", "package_name": "matrix"}
@@ -128,6 +130,9 @@ def test_every_family_knob_and_head_combination_renders_clean_code(render):
         result = ruff(*command, *map(str, projects.values()))
         if result.returncode != 0:
             failures.append(f"ruff {command[0]}:\n{(result.stdout + result.stderr).strip()}")
+    result = mlinter(*(project / folder for project in projects.values() for folder in ("src", "tests")))
+    if result.returncode != 0:
+        failures.append(f"mlinter:\n{(result.stdout + result.stderr).strip()}")
     assert not failures, f"{len(failures)} combination(s) fail:\n" + "\n".join(failures)
 
 
@@ -194,6 +199,7 @@ def test_answer_set_renders_clean_and_passes_its_own_tests(answer_set_projects, 
             assert result.returncode == 0, f"{tool}: {result.stdout}{result.stderr}"
     else:
         assert_ruff_clean(project)
+    assert_mlinter_clean(project)
     if suite is None:
         pytest.skip(outside_declared_transformers(project))
     assert_suite_passed(suite)

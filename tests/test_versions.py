@@ -49,7 +49,7 @@ def test_the_qefficient_sessions_test_both_ends_of_its_range(declared):
 def test_every_package_whose_version_changes_results_is_pinned_exactly():
     pinned = {noxfile.pinned_name(line) for line in noxfile.CONSTRAINTS.read_text().splitlines()} - {None}
     wanted = {"transformers", "tokenizers", "huggingface-hub", "safetensors", "accelerate", "copier", "jinja2"}
-    wanted |= {"ruff", "black", "isort", "hypothesis", "nbformat", "pytest", "torch"}
+    wanted |= {"ruff", "black", "isort", "transformers-mlinter", "hypothesis", "nbformat", "pytest", "torch"}
     assert wanted <= pinned, sorted(wanted - pinned)
     for line in noxfile.CONSTRAINTS.read_text().splitlines():
         if noxfile.pinned_name(line):

@@ -33,7 +33,10 @@ LINT_COMMANDS = {
     "ruff": ["ruff check .", "ruff format --check ."],
     "black+isort": ["black --check .", "isort --check-only ."],
 }
-LINT_TOOLS = {"ruff", "black", "isort"}
+# Every project's lint ends with upstream's structural rules; the command's package where it is named otherwise
+MODEL_FILE_LINT = "mlinter src tests"
+LINT_TOOLS = {"ruff", "black", "isort", "mlinter"}
+LINT_TOOL_PACKAGES = {"mlinter": "transformers-mlinter"}
 # What only CI runs: the CPU build of torch, each leg's Transformers release, and the versions it tests.
 CI_ONLY_COMMANDS = {
     'pip install torch --index-url "$TORCH_INDEX_URL"',
@@ -150,13 +153,14 @@ def test_test_job_runs_the_readme_install_and_test_commands(projects, answer_set
 def test_lint_job_runs_the_formatters_checks_with_the_dev_extras_tools(projects, answer_set):
     project = projects[answer_set]
     formatter = load_answer_set(answer_set).get("formatter", "ruff")
-    expected = LINT_COMMANDS[formatter] + (["ruff check ."] if formatter == "black+isort" else [])
+    expected = [*LINT_COMMANDS[formatter], *(["ruff check ."] if formatter == "black+isort" else []), MODEL_FILE_LINT]
     commands = run_commands(load_workflow(project)["jobs"]["lint"])
     assert list(filter(is_lint_command, commands)) == expected
     assert "pip install -e '.[dev]'" in commands
     dev_extra = tomllib.loads((project / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
     dev_tools = {re.match(r"[A-Za-z0-9._-]+", requirement).group() for requirement in dev_extra}
-    assert {shlex.split(command)[0] for command in expected} <= dev_tools
+    tools = {shlex.split(command)[0] for command in expected}
+    assert {LINT_TOOL_PACKAGES.get(tool, tool) for tool in tools} <= dev_tools
 
 
 @pytest.mark.parametrize("answer_set", ANSWER_SETS)
