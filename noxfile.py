@@ -3,8 +3,9 @@
 Default (CI): lint, tests, min_copier, qefficient_pin at QEfficient's pin, all under constraints.txt's pins. A maintainer runs `nox -s
 newest` when upstream releases (newest Transformers, tokenizers, huggingface-hub, Copier and ruff the ranges admit)
 and `nox -s oldest` (the lowest Transformers generated projects declare); both record what they passed with in
-COMPATIBILITY.md. Then `nox -s refresh_snapshots` after a Transformers release, and `nox -s fuzz` (the free-text
-fuzz test with 2,000 examples) before a release.
+COMPATIBILITY.md. Then `nox -s refresh_snapshots` after a Transformers release, and before a release `nox -s fuzz`
+(the free-text fuzz test with 2,000 examples), `nox -s knob_matrix` (every knob combination's own suite) and
+`nox -s every_release` (updates from every release), which CI's 30 minutes leave out.
 """
 
 from __future__ import annotations
@@ -324,12 +325,23 @@ def qefficient_pin(session: nox.Session, transformers: str) -> None:
 @nox.session(venv_backend="none", default=False)
 def every_release(session: nox.Session) -> None:
     """The release tests with a project from every release updated to the newest, not only from the first releases,
-    the quick start and the release before the newest (the default sessions')."""
+    the quick start and the release before the newest (the default sessions'), and the rename check between every
+    two releases, not only from the newest to HEAD."""
     bin_dir, env = shared_environment(session)
-    arguments = session.posargs or ["tests/test_releases.py", *ON_EVERY_CORE]
+    rename_check = "tests/test_update.py::test_every_rename_between_the_template_tags_has_a_migration"
+    arguments = session.posargs or ["tests/test_releases.py", rename_check, *ON_EVERY_CORE]
     session.run(
         str(bin_dir / "python"), "-m", "pytest", *arguments, env={**env, "TEST_EVERY_RELEASE": "1"}, external=True
     )
+
+
+@nox.session(venv_backend="none", default=False)
+def knob_matrix(session: nox.Session) -> None:
+    """Every knob combination copied with the hook and tested with its own suite, not only the few that hold every
+    knob value (the default sessions')."""
+    bin_dir, env = shared_environment(session)
+    arguments = session.posargs or ["tests/test_knob_matrix.py", "tests/test_knob_matrix_encoders.py", *ON_EVERY_CORE]
+    session.run(str(bin_dir / "python"), "-m", "pytest", *arguments, env={**env, "KNOB_MATRIX": "all"}, external=True)
 
 
 @nox.session(venv_backend="none", default=False)

@@ -34,9 +34,9 @@ one_line_text = (
 )
 URL_CHARACTERS = string.ascii_letters + string.digits + "-._~:/?#[]@!$&'()*+,;=%"
 url_text = st.one_of(st.just(""), st.text(URL_CHARACTERS, max_size=40).map(lambda path: f"https://example.org/{path}"))
-# 150 examples by default, to keep CI within 30 minutes; `nox -s fuzz` runs 2,000
+# 60 examples by default, to keep CI within 30 minutes; `nox -s fuzz` runs 2,000
 FUZZ_SETTINGS = settings(
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
     deadline=None,
     derandomize=True,
     database=None,

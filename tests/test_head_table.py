@@ -10,7 +10,13 @@ from pathlib import Path
 import copier
 import pytest
 
-from helpers import HEAD_TABLE, assert_suite_passed, captured_output_of_subprocesses, run_generated_tests
+from helpers import (
+    HEAD_TABLE,
+    WITHOUT_THE_REMOTE_CODE_TEST,
+    assert_suite_passed,
+    captured_output_of_subprocesses,
+    run_generated_tests,
+)
 
 # A head that scores each of several choices: it reads (batch, choices, sequence), as input_rank 3 says, and returns
 # an output class that no other chosen head imports.
@@ -118,7 +124,7 @@ def test_a_new_row_reaches_the_imports_the_tests_and_the_smoke_test(template_wit
     assert json.loads((project / "smoke_inputs.json").read_text()) == {"ScorerModel": 2, "ScorerForChoiceScoring": 3}
     assert "ok      forward ScorerForChoiceScoring" in hook_output, hook_output
     assert "smoke test passed" in hook_output, hook_output
-    assert_suite_passed(run_generated_tests(project, "-k", "not test_saved_checkpoint_loads_with_remote_code"))
+    assert_suite_passed(run_generated_tests(project, *WITHOUT_THE_REMOTE_CODE_TEST))
 
 
 def test_a_new_row_reaches_the_registration_in_a_checkout(template_with_a_new_head, tmp_path):

@@ -17,6 +17,7 @@ import yaml
 
 from helpers import (
     REPO_ROOT,
+    WITHOUT_THE_REMOTE_CODE_TEST,
     clone,
     git,
     noxfile,
@@ -249,7 +250,7 @@ def updated_projects(released_template, tmp_path_factory) -> dict[str, tuple]:
         results = {origin: update.result() for origin, update in updates.items()}
     clean = {origin: project for origin, (project, _) in projects.items() if not conflict_starts(project)}
     # The remote-code loading test depends on the package layout, which the answer sets' suites check
-    suites = run_generated_test_suites(clean, "-k", "not test_saved_checkpoint_loads_with_remote_code")
+    suites = run_generated_test_suites(clean, *WITHOUT_THE_REMOTE_CODE_TEST)
     return {
         origin: (project, results[origin], user_lines, suites.get(origin))
         for origin, (project, user_lines) in projects.items()

@@ -211,9 +211,13 @@ def renames_without_migration(template_repo: Path, old_ref: str, new_ref: str, w
 
 
 def test_every_rename_between_the_template_tags_has_a_migration(released_template, tmp_path):
+    """Released tags never change, so the default sessions check the newest release against HEAD, which every
+    release was when it was made; TEST_EVERY_RELEASE=1 (`nox -s every_release`) checks each pair of releases."""
     tags = git(released_template, "tag", "--sort=version:refname").split()
     assert len(tags) >= 4, f"the release tags are missing: {tags}"
     pairs = list(zip(tags, tags[1:], strict=False)) + [(tags[-1], "HEAD")]
+    if os.environ.get("TEST_EVERY_RELEASE") != "1":
+        pairs = pairs[-1:]
     for index, (old_ref, new_ref) in enumerate(pairs):
         assert renames_without_migration(released_template, old_ref, new_ref, tmp_path / str(index)) == []
 
