@@ -346,7 +346,7 @@ def knob_matrix(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none", default=False)
 def fuzz(session: nox.Session) -> None:
-    """The free-text fuzz tests with 2,000 examples instead of the default sessions' 150."""
+    """The free-text fuzz tests with 2,000 examples instead of the default sessions' 60."""
     bin_dir, env = shared_environment(session)
     arguments = session.posargs or ["tests/test_free_text.py", *ON_EVERY_CORE]
     session.run(
