@@ -166,6 +166,9 @@ def run_generated_tests(project: Path, *pytest_args: str) -> subprocess.Complete
     )
 
 
+# `nox -s every_release`: the release tests start from every release, not only the ones the default sessions take
+EVERY_RELEASE = os.environ.get("TEST_EVERY_RELEASE") == "1"
+
 # Loading a saved checkpoint with remote code starts a fresh interpreter (10 s a suite) and depends on the package's
 # module layout and its heads, not on the knobs: the suites that cover those run it, the others deselect it
 WITHOUT_THE_REMOTE_CODE_TEST = ("-k", "not test_saved_checkpoint_loads_with_remote_code")

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from helpers import (
+    EVERY_RELEASE,
     REPO_ROOT,
     WITHOUT_THE_REMOTE_CODE_TEST,
     clone,
@@ -206,9 +207,7 @@ def assert_updated_keeping_every_user_line(project: Path, result: subprocess.Com
 FIRST_RELEASES = ["0.1.0", "0.2.0", "0.3.0"]
 EARLIER_RELEASES = [version for version, _ in reversed(RELEASES[1:])]
 ORIGINS = [
-    version
-    for version in EARLIER_RELEASES
-    if os.environ.get("TEST_EVERY_RELEASE") == "1" or version in FIRST_RELEASES or version == RELEASES[1][0]
+    version for version in EARLIER_RELEASES if EVERY_RELEASE or version in FIRST_RELEASES or version == RELEASES[1][0]
 ] + [QUICK_START_COMMIT]
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from helpers import (
+    EVERY_RELEASE,
     FAMILY_KNOBS,
     MODELING,
     NEW,
@@ -216,7 +217,7 @@ def test_every_rename_between_the_template_tags_has_a_migration(released_templat
     tags = git(released_template, "tag", "--sort=version:refname").split()
     assert len(tags) >= 4, f"the release tags are missing: {tags}"
     pairs = list(zip(tags, tags[1:], strict=False)) + [(tags[-1], "HEAD")]
-    if os.environ.get("TEST_EVERY_RELEASE") != "1":
+    if not EVERY_RELEASE:
         pairs = pairs[-1:]
     for index, (old_ref, new_ref) in enumerate(pairs):
         assert renames_without_migration(released_template, old_ref, new_ref, tmp_path / str(index)) == []
