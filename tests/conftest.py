@@ -10,6 +10,17 @@ import jinja2
 import pytest
 
 from helpers import JINJA_COMPILER_OPTIONS, REPO_ROOT, TEMPLATE_FILES, Render, clone, git, noxfile
+from warm_python import warm_python, warm_python_on_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def python_on_path_is_warm():
+    """The hooks' smoke tests and formatters find `python` on PATH: a fork of an interpreter that has imported
+    torch and Transformers already (tests/warm_python.py), not one that spends 6-9 s importing them each time."""
+    with warm_python_on_path():
+        yield
+    if server := warm_python():
+        server.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

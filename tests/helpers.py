@@ -25,6 +25,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from warm_python import warm_python_command
+
 # Nothing in the template's checks may reach the Hub: generated code, hooks and tests work offline.
 os.environ["HF_HUB_OFFLINE"] = "1"
 # One torch thread in this process and in every child (hooks, generated suites, workers): the models are tiny, and
@@ -151,12 +153,20 @@ def deprecations_are_errors(project: Path) -> list[str]:
 
 
 def run_generated_tests(project: Path, *pytest_args: str) -> subprocess.CompletedProcess:
-    """Run a generated project's own test suite with the interpreter running this one; deprecations that the
-    package's code causes are errors.
+    """Run a generated project's own test suite with the interpreter running this one (a warm fork of it);
+    deprecations that the package's code causes are errors.
 
     One torch thread: the tiny models gain nothing from more, and two suites can then share two cores."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *deprecations_are_errors(project)]
+    pytest = [
+        *warm_python_command(),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *deprecations_are_errors(project),
+    ]
     return subprocess.run(
         [*pytest, *pytest_args],
         cwd=project,

@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from helpers import convert_cli, generated_modules, import_rendered_package, load_answer_set
+from warm_python import warm_python_command
 
 # Tiny random twins of the originals each family's conversion rules are pre-filled for
 TWINS = {
@@ -138,7 +139,7 @@ def test_the_integration_tests_pass_once_filled_with_the_originals_outputs(rende
         "PYTHONPATH": str(project / "src"),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(copy)],
+        [*warm_python_command(), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(copy)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -649,7 +650,7 @@ def run_conversion(project: Path, *args, script: str | None = None, **kwargs) ->
     module = f"{answers['package_name']}.convert_{answers['model_type']}_checkpoint"
     env = {**os.environ, "PYTHONPATH": str(project / "src")}
     program = ["-c", script.format(module=module)] if script is not None else ["-m", module]
-    command = [sys.executable, *program, *map(str, args)]
+    command = [*warm_python_command(), *program, *map(str, args)]
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, **kwargs)
 
 

@@ -6,13 +6,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+
+from warm_python import warm_python_command
 
 DOC_CASES = {
     "decoder": {},
@@ -72,7 +73,7 @@ def project(render, case) -> Path:
 
 def run_python(project: Path, code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(project / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True)
+    return subprocess.run([*warm_python_command(), "-c", code], cwd=project, env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

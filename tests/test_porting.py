@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from helpers import load_answer_set
+from warm_python import warm_python_command
 
 RESEARCH_MODELS = Path(__file__).parent / "research_models"
 # The most lines of code a port may need in each generated script (blank lines and comments not counted)
@@ -214,7 +215,7 @@ def fill_edit_section(script: Path, code: str) -> None:
 
 def run_module(project: Path, module: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(project / "src")}
-    command = [sys.executable, "-m", module, *map(str, args)]
+    command = [*warm_python_command(), "-m", module, *map(str, args)]
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import assert_clean_text, assert_ruff_clean, outside_declared_transformers, run_generated_tests
+from warm_python import warm_python_command
 
 STAND_INS = Path(__file__).parent / "qefficient_stand_ins"
 BASE_ANSWERS = {"family": "decoder", "heads": ["CausalLM"], "qefficient": True, "tokenizer": "none"}
@@ -116,7 +116,7 @@ print("parity", json.dumps(sequences))
 def run_with_stand_ins(project: Path, *args: str, stand_ins: bool = True) -> subprocess.CompletedProcess:
     path = [str(project / "src")] + ([str(STAND_INS)] if stand_ins else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, *args], cwd=project, env=env, capture_output=True, text=True)
+    return subprocess.run([*warm_python_command(), *args], cwd=project, env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

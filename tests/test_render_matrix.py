@@ -34,6 +34,7 @@ from helpers import (
     run_generated_test_suites,
     run_generated_tests,
 )
+from warm_python import warm_python_command
 
 # What CONTRIBUTING.md says the cover holds: combinations per family, and renders with their subsets of heads
 COVER_SIZES = {"decoder": 17, "encoder": 12, "encoder-decoder": 1}
@@ -181,15 +182,18 @@ def answer_set_projects(render) -> dict[str, tuple]:
     }
     suites = run_generated_test_suites(runnable, more_args=without_remote_code)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        imports = dict(zip(runnable, pool.map(import_package, runnable.values()), strict=True))
+        fresh = [name == "default" for name in runnable]
+        imports = dict(zip(runnable, pool.map(import_package, runnable.values(), fresh), strict=True))
     return {name: (projects[name], suites.get(name), imports.get(name)) for name in ANSWER_SETS}
 
 
-def import_package(project: Path) -> subprocess.CompletedProcess:
-    """`import <package>` in a fresh interpreter, every warning shown."""
+def import_package(project: Path, fresh: bool) -> subprocess.CompletedProcess:
+    """`import <package>`, every warning shown: in a fresh interpreter, as a user's first import, or in a warm fork
+    that has imported torch and Transformers already, which shows the package's own warnings just as well."""
     (package_dir,) = (path for path in (project / "src").iterdir() if path.is_dir())
     environment = {**os.environ, "PYTHONPATH": str(project / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-W", "default", "-c", f"import {package_dir.name}"]
+    python = [sys.executable] if fresh else warm_python_command()
+    command = [*python, "-W", "default", "-c", f"import {package_dir.name}"]
     return subprocess.run(command, cwd=project, env=environment, capture_output=True, text=True)
 
 
@@ -229,7 +233,7 @@ def test_readme_usage_example_runs(render, family):
     readme = (project / "README.md").read_text()
     example = re.search(r"```python\n(.*?)```", readme, re.DOTALL).group(1)
     result = subprocess.run(
-        [sys.executable, "-c", example],
+        [*warm_python_command(), "-c", example],
         cwd=project,
         env={**os.environ, "PYTHONPATH": str(project / "src"), "HF_HUB_OFFLINE": "1"},
         capture_output=True,
