@@ -495,14 +495,24 @@ def edit_template_file(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+NEW_README_HEADING = "## Check parity with the original implementation\n"
 RENAME_MIGRATION = """_migrations:
   - version: "0.2.0"
     when: "{{ _stage == 'before' }}"
     command:
       - "{{ _copier_python }}"
       - "{{ _copier_conf.src_path }}/hooks/migrations/rename_files.py"
+      - "--stage=before"
       - "--version=0.2.0"
       - "--answers-file={{ _copier_conf.answers_file }}"
+      - "--template={{ _copier_conf.src_path }}"
+  - version: "0.2.0"
+    when: "{{ _stage == 'after' }}"
+    command:
+      - "{{ _copier_python }}"
+      - "{{ _copier_conf.src_path }}/hooks/migrations/rename_files.py"
+      - "--stage=after"
+      - "--version=0.2.0"
 """
 
 
@@ -518,10 +528,19 @@ def make_tagged_template(template_dir: Path, repo: Path, rename_readme: bool = F
         readme = "{% if not in_tree %}README.md{% endif %}.jinja"
         (repo / "template" / "docs").mkdir(exist_ok=True)
         git(repo, "mv", f"template/{readme}", f"template/docs/{readme}")
+        # The moved file changes too, far from the user's edit: the merge must keep both without a conflict
+        edit_template_file(
+            repo / "template" / "docs" / readme, "## Check parity with the original\n", NEW_README_HEADING
+        )
         if migration:
             registry = repo / "hooks" / "migrations" / "renames.yml"
-            entry = "renames:\n  - version: 0.2.0\n    from: README.md\n    to: docs/README.md\n"
-            registry.write_text(registry.read_text().replace("renames: []\n", entry))
+            text = registry.read_text()
+            entry = "  - version: 0.2.0\n    from: README.md\n    to: docs/README.md\n"
+            registry.write_text(
+                text.replace("renames: []\n", f"renames:\n{entry}")
+                if "renames: []\n" in text
+                else text.replace("renames:\n", f"renames:\n{entry}", 1)
+            )
             edit_template_file(repo / "copier.yml", "_migrations:\n", RENAME_MIGRATION)
     includes = repo / "template" / "_includes"
     edit_template_file(

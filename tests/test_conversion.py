@@ -111,6 +111,17 @@ def test_a_transformers_checkpoint_converts_into_its_family_with_the_same_logits
     assert (tmp_path / "out" / "README.md").read_text() == model_card.read_text()
 
 
+def test_the_model_card_option_saves_another_card_as_the_checkpoints_readme(render, tmp_path):
+    _, convert, _ = generated_modules(render, "llama_equivalent")
+    build_twin("llama").save_pretrained(tmp_path / "original")
+    card = tmp_path / "my-card.md"
+    card.write_text("---\nlicense: apache-2.0\n---\n# My card\n")
+
+    assert convert_cli(convert, tmp_path / "original", tmp_path / "out", "--model-card", card) == 0
+
+    assert (tmp_path / "out" / "README.md").read_text() == card.read_text()
+
+
 @pytest.mark.parametrize("twin", ["llama", "bart"])
 def test_the_integration_tests_pass_once_filled_with_the_originals_outputs(render, tmp_path, twin):
     original, converted, _ = convert_saved_twin(render, tmp_path, twin)

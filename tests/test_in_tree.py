@@ -38,7 +38,7 @@ from helpers import (
     noxfile,
     ruff,
 )
-from transformers_checkout import TOCTREE, add_common_tester_stand_ins, build_checkout, download_sdist
+from transformers_checkout import TOCTREE, build_checkout, download_sdist
 
 REGISTER = REPO_ROOT / "hooks" / "register_in_tree.py"
 # family -> (model name, model type, tokenizer); every head of the family is generated
@@ -112,7 +112,7 @@ def test_every_knob_combination_renders_clean_code_in_the_checkouts_style(render
     with tarfile.open(transformers_sdist) as archive:
         member = next(name for name in archive.getnames() if name.count("/") == 1 and name.endswith("/pyproject.toml"))
         checkout_configuration = archive.extractfile(member).read()
-    model_dirs = []
+    model_dirs, comparison_scripts = [], []
     for index, knobs in enumerate(KNOB_COMBINATIONS):
         for heads in (FAMILY_HEADS[knobs["family"]], []):
             answers = {**knobs, "layout": "transformers", "heads": heads, "model_name": "TreeMatrix"}
@@ -124,9 +124,10 @@ def test_every_knob_combination_renders_clean_code_in_the_checkouts_style(render
                 destination / "src/transformers/models/tree_matrix",
                 destination / "tests/models/tree_matrix",
             ]
-    check = ruff("check", "--no-cache", *map(str, model_dirs))
+            comparison_scripts.append(destination / ".copier/compare_tree_matrix_with_original.py")
+    check = ruff("check", "--no-cache", *map(str, model_dirs + comparison_scripts))
     assert check.returncode == 0, check.stdout
-    formatting = ruff("format", "--check", "--no-cache", *map(str, model_dirs))
+    formatting = ruff("format", "--check", "--no-cache", *map(str, model_dirs + comparison_scripts))
     assert formatting.returncode == 0, formatting.stdout
     linted = mlinter(*model_dirs)
     assert linted.returncode == 0, linted.stdout + linted.stderr
@@ -220,7 +221,7 @@ def test_registering_again_changes_nothing(checkout):
 
 # Run with the checkout first on the path: every model through the Auto classes, and its tokenizer mapping
 AUTO_CLASSES_SCRIPT = """
-import json, sys
+import importlib.util, json, pathlib, sys
 import transformers
 from transformers import AutoConfig
 from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
@@ -236,11 +237,18 @@ for model_type, (model_name, classes, tokenizer) in models.items():
         assert type(model).__name__ == class_name, (auto_class, type(model))
         assert type(model).__module__ == f"transformers.models.{model_type}.modeling_{model_type}"
     assert TOKENIZER_MAPPING[type(config)] is getattr(transformers, tokenizer), TOKENIZER_MAPPING[type(config)]
+    # The comparison script, outside the package, imports the checkout's model
+    script = pathlib.Path(sys.argv[2], ".copier", f"compare_{model_type}_with_original.py")
+    spec = importlib.util.spec_from_file_location(f"compare_{model_type}", script)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    modules = {value.__module__ for value in vars(compare).values() if isinstance(value, type)}
+    assert f"transformers.models.{model_type}.modeling_{model_type}" in modules, (script, modules)
 print("ok")
 """
 
 
-def test_the_checkout_builds_every_model_and_tokenizer_through_the_auto_classes(checkout):
+def test_the_checkout_builds_every_model_and_tokenizer_through_the_auto_classes_and_the_comparison_scripts(checkout):
     root, _ = checkout
     models = {}
     for family, (model_name, model_type, tokenizer) in MODELS.items():
@@ -254,21 +262,11 @@ def test_the_checkout_builds_every_model_and_tokenizer_through_the_auto_classes(
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
-def test_generated_tests_pass_with_upstreams_common_testers_where_the_checkout_has_them(checkout):
+def test_generated_tests_pass_with_upstreams_common_testers(checkout):
     root, _ = checkout
     env = {**os.environ, "PYTHONPATH": "src", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     # Warnings stay on: upstream's tests record some (the deprecation of the cache's old argument name)
     pytest_command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "log_cli=false"]
-    decoder_tests = f"tests/models/{MODELS['decoder'][1]}"
-
-    # The sdist lacks the helpers upstream's testers import: the mixin-based class says so and is skipped
-    result = subprocess.run(
-        [*pytest_command, "-rs", decoder_tests, "-k", "ModelTest"], cwd=root, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout
-    assert "Transformers' common testers cannot run here: No module named 'tests." in result.stdout
-
-    add_common_tester_stand_ins(root)
 
     def run_model_tests(model_type: str) -> subprocess.CompletedProcess:
         command = [*pytest_command, "-v", f"tests/models/{model_type}"]
@@ -355,6 +353,40 @@ def test_the_docs_entry_joins_the_text_models_in_title_order_whichever_way_the_t
         titles = [entry["title"] for entry in section["sections"]]
         assert "PortedModel" in titles and titles == sorted(titles, key=str.lower)
         assert register_in_tree.plan_toctree(lines, "ported_model", "PortedModel") is None
+
+
+def git_add_paths(guide: str) -> tuple[list[str], list[str]]:
+    """The paths of the porting guide's `git add` (new files) and `git add --update` (the registration's edits)."""
+    (block,) = re.findall(r"```bash\n(.*?)```", guide, re.DOTALL)
+    commands = [line.strip().split() for line in block.splitlines() if line.strip().startswith("git add")]
+    return (
+        [path for command in commands if "--update" not in command for path in command[2:]],
+        [path for command in commands if "--update" in command for path in command[3:]],
+    )
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_the_porting_guides_git_add_takes_every_file_of_the_pull_request_and_nothing_of_copier(render, family):
+    """Every rendered file outside `.copier/` is in the guide's `git add`, each path it adds exists, its
+    `--update` covers every file the registration edits, and `.copier/` keeps the answers, the guide, the model card
+    and the comparison script."""
+    model_type = MODELS[family][1]
+    project = render(answers_for(family), name=f"guide-{family}")
+    guide = (project / ".copier" / f"{model_type}-porting-guide.md").read_text(encoding="utf-8")
+    added, updated = git_add_paths(guide)
+    rendered = [path.relative_to(project).as_posix() for path in project.rglob("*") if path.is_file()]
+    outside_copier = [path for path in rendered if not path.startswith(".copier/")]
+
+    assert [path for path in outside_copier if not any(path == a or path.startswith(f"{a}/") for a in added)] == []
+    assert all((project / path).exists() for path in added), added
+    covered = [name for name in REGISTRATION_FILES if any(name == u or name.startswith(f"{u}/") for u in updated)]
+    assert covered == REGISTRATION_FILES
+    assert sorted(path for path in rendered if path.startswith(".copier/")) == [
+        f".copier/compare_{model_type}_with_original.py",
+        f".copier/{model_type}-model-card.md",
+        f".copier/{model_type}-porting-guide.md",
+        f".copier/{model_type}.yml",
+    ]
 
 
 def test_a_destination_that_is_not_a_checkout_is_refused(template_dir, tmp_path):
@@ -498,15 +530,21 @@ def test_a_model_of_the_last_release_updates_in_its_checkout_with_the_readmes_co
     released_template, transformers_sdist, tmp_path
 ):
     """A decoder generated into a checkout by the last release, edited, then `copier update --trust --defaults -a
-    .copier/<model_type>.yml` to the newest: the edit survives, the checkout's own files are only added to, and the
-    model passes its tests."""
+    .copier/<model_type>.yml` to the newest: the edits survive, in the comparison script too wherever the release put
+    it (0.14.0 moved it and the model card to `.copier/`), the checkout's own files are only added to, and the
+    model passes its tests. Then the porting guide's last commands commit a pull request without `.copier/`."""
     newest, last = (version for version, _ in noxfile.releases((REPO_ROOT / "CHANGELOG.md").read_text())[:2])
     checkout = build_checkout(transformers_sdist, tmp_path / "transformers")
     model_type = MODELS["decoder"][1]
     result = copy_into(released_template, checkout, answers_for("decoder"), vcs_ref=last)
     assert result.returncode == 0, result.stdout + result.stderr
-    modeling = checkout / f"src/transformers/models/{model_type}/modeling_{model_type}.py"
+    model_dir = checkout / f"src/transformers/models/{model_type}"
+    modeling = model_dir / f"modeling_{model_type}.py"
     user_line = comment_the_modeling_file(modeling)
+    compare_name = f"compare_{model_type}_with_original.py"
+    (compare,) = [path for path in (model_dir / compare_name, checkout / ".copier" / compare_name) if path.exists()]
+    capture_point = "# The porter's capture point for the gate"
+    compare.write_text(compare.read_text(encoding="utf-8").replace("\n}\n", f"\n    {capture_point}\n}}\n", 1))
     git(checkout, "add", "--all")
     git(checkout, "commit", "--quiet", "-m", "a ported model, edited")
     registrations = {name: (checkout / name).read_text(encoding="utf-8") for name in REGISTRATION_FILES}
@@ -522,9 +560,12 @@ def test_a_model_of_the_last_release_updates_in_its_checkout_with_the_readmes_co
 
     output = update.stdout + update.stderr
     assert update.returncode == 0, output
-    assert "update: no conflicts" in output and "smoke test passed" in output
+    assert "update: no conflicts" in output and "smoke test passed" in output, output
     text = modeling.read_text(encoding="utf-8")
     assert user_line in text and "cache: Cache | None = None," in text
+    assert capture_point in (checkout / ".copier" / compare_name).read_text(encoding="utf-8")
+    assert (checkout / ".copier" / f"{model_type}-model-card.md").is_file()
+    assert not (model_dir / compare_name).exists() and not (model_dir / "MODEL_CARD.md").exists()
     answers = yaml.safe_load((checkout / ".copier" / f"{model_type}.yml").read_text(encoding="utf-8"))
     assert answers["_commit"] == newest
     for name, before in registrations.items():
@@ -538,3 +579,18 @@ def test_a_model_of_the_last_release_updates_in_its_checkout_with_the_readmes_co
         text=True,
     )
     assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-3000:]
+
+    sdist_commit = git(checkout, "rev-list", "--max-parents=0", "HEAD").strip()
+    guide = (checkout / ".copier" / f"{model_type}-porting-guide.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```bash\n(.*?)```", guide, re.DOTALL)
+    identity = {"GIT_AUTHOR_NAME": "Porter", "GIT_AUTHOR_EMAIL": "porter@example.com"}
+    identity |= {"GIT_COMMITTER_NAME": "Porter", "GIT_COMMITTER_EMAIL": "porter@example.com"}
+    commands = subprocess.run(
+        ["bash", "-e", "-c", block], cwd=checkout, env={**os.environ, **identity}, capture_output=True, text=True
+    )
+    assert commands.returncode == 0, commands.stdout + commands.stderr
+    in_the_pull_request = git(checkout, "diff", "--name-only", sdist_commit, "HEAD").split()
+    assert f"src/transformers/models/{model_type}/modeling_{model_type}.py" in in_the_pull_request
+    assert "src/transformers/models/auto/modeling_auto.py" in in_the_pull_request
+    assert [path for path in in_the_pull_request if path.startswith(".copier/")] == []
+    assert git(checkout, "status", "--porcelain").splitlines() == ["?? .copier/"]

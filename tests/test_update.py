@@ -18,6 +18,7 @@ from helpers import (
     MODELING,
     NEW,
     NEW_DOCSTRING,
+    NEW_README_HEADING,
     NEW_VARIANCE,
     OLD,
     OLD_VARIANCE,
@@ -188,18 +189,24 @@ def renamed_files(
 
 
 def renames_without_migration(template_repo: Path, old_ref: str, new_ref: str, workspace: Path) -> list[str]:
-    """Renames between two tags that renames.yml (with a `before` migration for their version) does not cover."""
+    """Renames between two tags that renames.yml, with both migrations for their version, does not cover."""
     registry = yaml.safe_load(git(template_repo, "show", f"{new_ref}:hooks/migrations/renames.yml"))["renames"] or []
     copier_yml = yaml.safe_load(git(template_repo, "show", f"{new_ref}:copier.yml"))
-    migrated_versions = {
-        str(migration["version"])
+    stages = {
+        (str(migration["version"]), stage)
         for migration in copier_yml.get("_migrations", [])
         if isinstance(migration, dict) and "version" in migration and "rename_files.py" in str(migration["command"])
+        for stage in ("before", "after")
+        if f"--stage={stage}" in str(migration["command"])
     }
+    # A version's renames need both stages: the merge before Copier's, the move after it
+    migrated_versions = {version for version, stage in stages if (version, "before") in stages and stage == "after"}
     missing = []
-    for family in FAMILY_KNOBS:
-        answers = {"family": family, "model_name": "Renamed", "package_name": "renamed", "model_type": "renamed"}
-        for old, new in renamed_files(template_repo, old_ref, new_ref, answers, workspace / family):
+    # Each family as a package, and a checkout's layout (its files move as a layout, whatever the family)
+    cases = {family: {"family": family} for family in FAMILY_KNOBS} | {"in-tree": {"layout": "transformers"}}
+    for case, knobs in cases.items():
+        answers = {**knobs, "model_name": "Renamed", "package_name": "renamed", "model_type": "renamed"}
+        for old, new in renamed_files(template_repo, old_ref, new_ref, answers, workspace / case):
             covered = any(
                 entry["from"].format(package_name="renamed", model_type="renamed") == old
                 and entry["to"].format(package_name="renamed", model_type="renamed") == new
@@ -207,7 +214,7 @@ def renames_without_migration(template_repo: Path, old_ref: str, new_ref: str, w
                 for entry in registry
             )
             if not covered:
-                missing.append(f"{family}: {old} -> {new}")
+                missing.append(f"{case}: {old} -> {new}")
     return sorted(set(missing))
 
 
@@ -239,7 +246,11 @@ def test_a_renamed_file_keeps_the_user_edits_under_its_new_name(template_dir, tm
     update(project)
 
     assert not (project / "README.md").exists()
-    assert user_note in (project / "docs" / "README.md").read_text()
+    moved = (project / "docs" / "README.md").read_text()
+    assert user_note in moved and NEW_README_HEADING in moved and "<<<<<<<" not in moved
+    assert git(project, "status", "--porcelain", "--", "README.md", "docs/README.md").splitlines() == [
+        "R  README.md -> docs/README.md"
+    ]
 
 
 def two_models_in_one_repository(tagged_template: Path, repository: Path) -> list[Path]:

@@ -2,15 +2,17 @@
 
 The sdist holds `src/`, `pyproject.toml` and `tests/*_common.py`, but not `tests/models/`, `utils/`, `docs/` or the
 helpers the common testers import (`tests/utils/`, `tests/generation/`, `tests/exporters/`). `build_checkout` adds
-what the in-tree layout needs: the `tests` packages and a `_toctree.yml` laid out as upstream's. Without the helpers,
-the generated mixin-based test class skips itself; `add_common_tester_stand_ins` writes stand-ins for them so that
-`ModelTesterMixin` and `ConfigTester` run. What therefore cannot run here: upstream's repository checks
-(`utils/check_repo.py`, `check_copies.py`, `check_auto.py`, `check_inits.py`, the doc builder), the generation tests
-of `GenerationTesterMixin`, the export tests of `ExportTesterMixin`, and the full `config_common_kwargs` list.
+what the in-tree layout needs: the `tests` packages, a `.gitignore` for Python's caches, a `_toctree.yml` laid out
+as upstream's, and stand-ins for those helpers, which every real checkout has and the generated tests import as they
+are, so that `ModelTesterMixin` and `ConfigTester` run. What therefore cannot run here: upstream's repository
+checks (`utils/check_repo.py`, `check_copies.py`, `check_auto.py`, `check_inits.py`, the doc builder), the
+generation tests of `GenerationTesterMixin`, the export tests of `ExportTesterMixin`, and the full
+`config_common_kwargs` list.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -70,11 +72,18 @@ def build_checkout(sdist: Path, destination: Path) -> Path:
         archive.extractall(destination.parent / f".{destination.name}-unpacked", **safety)
     (destination.parent / f".{destination.name}-unpacked" / root).rename(destination)
     (destination.parent / f".{destination.name}-unpacked").rmdir()
+    if not safety and os.geteuid() == 0:
+        # Without the filter root keeps the archive's owners, and git refuses a work tree of another user
+        for path in [destination, *destination.rglob("*")]:
+            os.lchown(path, os.getuid(), os.getgid())
     for package in ("tests", "tests/models"):
         (destination / package).mkdir(exist_ok=True)
         (destination / package / "__init__.py").touch()
     (destination / "docs/source/en/model_doc").mkdir(parents=True)
     (destination / "docs/source/en/_toctree.yml").write_text(TOCTREE, encoding="utf-8")
+    add_common_tester_stand_ins(destination)
+    # The part of upstream's .gitignore that running Python in the checkout needs (the sdist has none)
+    (destination / ".gitignore").write_text("__pycache__/\n*.py[cod]\n.pytest_cache/\n", encoding="utf-8")
     identity = ["-c", "user.name=Porter", "-c", "user.email=porter@example.com", "-c", "commit.gpgsign=false"]
     for command in (["init", "--quiet"], ["add", "--all"], ["commit", "--quiet", "-m", "transformers sdist"]):
         subprocess.run(["git", *identity, *command], cwd=destination, check=True, capture_output=True)
