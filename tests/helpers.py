@@ -534,13 +534,8 @@ def make_tagged_template(template_dir: Path, repo: Path, rename_readme: bool = F
         )
         if migration:
             registry = repo / "hooks" / "migrations" / "renames.yml"
-            text = registry.read_text()
             entry = "  - version: 0.2.0\n    from: README.md\n    to: docs/README.md\n"
-            registry.write_text(
-                text.replace("renames: []\n", f"renames:\n{entry}")
-                if "renames: []\n" in text
-                else text.replace("renames:\n", f"renames:\n{entry}", 1)
-            )
+            edit_template_file(registry, "renames:\n", f"renames:\n{entry}")
             edit_template_file(repo / "copier.yml", "_migrations:\n", RENAME_MIGRATION)
     includes = repo / "template" / "_includes"
     edit_template_file(

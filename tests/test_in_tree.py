@@ -355,10 +355,16 @@ def test_the_docs_entry_joins_the_text_models_in_title_order_whichever_way_the_t
         assert register_in_tree.plan_toctree(lines, "ported_model", "PortedModel") is None
 
 
+def pull_request_commands(guide: str) -> str:
+    """The porting guide's one shell block: the commands that commit the pull request."""
+    (block,) = re.findall(r"```bash\n(.*?)```", guide, re.DOTALL)
+    return block
+
+
 def git_add_paths(guide: str) -> tuple[list[str], list[str]]:
     """The paths of the porting guide's `git add` (new files) and `git add --update` (the registration's edits)."""
-    (block,) = re.findall(r"```bash\n(.*?)```", guide, re.DOTALL)
-    commands = [line.strip().split() for line in block.splitlines() if line.strip().startswith("git add")]
+    lines = pull_request_commands(guide).splitlines()
+    commands = [line.strip().split() for line in lines if line.strip().startswith("git add")]
     return (
         [path for command in commands if "--update" not in command for path in command[2:]],
         [path for command in commands if "--update" in command for path in command[3:]],
@@ -582,7 +588,7 @@ def test_a_model_of_the_last_release_updates_in_its_checkout_with_the_readmes_co
 
     sdist_commit = git(checkout, "rev-list", "--max-parents=0", "HEAD").strip()
     guide = (checkout / ".copier" / f"{model_type}-porting-guide.md").read_text(encoding="utf-8")
-    (block,) = re.findall(r"```bash\n(.*?)```", guide, re.DOTALL)
+    block = pull_request_commands(guide)
     identity = {"GIT_AUTHOR_NAME": "Porter", "GIT_AUTHOR_EMAIL": "porter@example.com"}
     identity |= {"GIT_COMMITTER_NAME": "Porter", "GIT_COMMITTER_EMAIL": "porter@example.com"}
     commands = subprocess.run(
