@@ -156,3 +156,26 @@ def test_no_demo_notebook_when_not_asked(render):
 
     assert not (project / "notebooks").exists()
     assert "notebooks/" not in (project / "PORTING_GUIDE.md").read_text()
+
+
+def test_the_doc_page_asks_only_for_what_the_answers_did_not_give(render):
+    metadata = {
+        "paper_title": "Attention Is All You Need",
+        "paper_url": "https://arxiv.org/abs/1706.03762",
+        "paper_abstract": "The dominant sequence transduction models\nare recurrent.\n\nWe propose the Transformer.\n",
+        "original_repo_url": "https://github.com/tensorflow/tensor2tensor",
+    }
+    complete = render(metadata, name="doc-page-complete")
+    without_abstract = render({**metadata, "paper_abstract": ""}, name="doc-page-without-abstract")
+
+    doc_page = next(complete.glob("docs/model_doc/*.md")).read_text()
+    assert "TODO" not in doc_page
+    assert (
+        "\n\n*The dominant sequence transduction models are recurrent.*\n\n*We propose the Transformer.*\n\n"
+        in doc_page
+    )
+    assert "- [ ] Complete the usage tips of `docs/model_doc/" in (complete / "PORTING_GUIDE.md").read_text()
+
+    doc_page = next(without_abstract.glob("docs/model_doc/*.md")).read_text()
+    assert re.findall(r"\*\*TODO: (.*)\*\*", doc_page) == ["paste the paper's abstract here."]
+    assert ".md` (the paper's abstract),\n  complete its usage tips" in (without_abstract / "PORTING_GUIDE.md").read_text()

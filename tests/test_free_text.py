@@ -16,6 +16,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
 ONE_LINE_ANSWERS = ["description", "paper_title", "reviewer"]
 URL_ANSWERS = ["paper_url", "original_repo_url"]
@@ -32,6 +33,9 @@ one_line_text = (
     .map("".join)
     .map(str.strip)
 )
+# A pasted abstract: one-line pieces joined by the line breaks, blank lines and tabs a PDF or an editor leaves
+PARAGRAPH_SEPARATORS = ["\n", "\r\n", "\r", "\n\n", " \n \n", "\n\n\n", "\t", "  ", " "]
+abstract_text = st.lists(st.one_of(one_line_text, st.sampled_from(PARAGRAPH_SEPARATORS)), max_size=10).map("".join)
 URL_CHARACTERS = string.ascii_letters + string.digits + "-._~:/?#[]@!$&'()*+,;=%"
 url_text = st.one_of(st.just(""), st.text(URL_CHARACTERS, max_size=40).map(lambda path: f"https://example.org/{path}"))
 # 60 examples by default, to keep CI within 30 minutes; `nox -s fuzz` runs 2,000
@@ -47,6 +51,23 @@ FUZZ_SETTINGS = settings(
 def markdown_unescape(text: str) -> str:
     """CommonMark's reading of backslash escapes."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text)
+
+
+def abstract_paragraphs(abstract: str) -> list[str]:
+    """The paragraphs the doc page should show: blank lines separate them, other line breaks are spaces."""
+    lines = abstract.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
+    paragraphs = (re.sub(r" *\n *", " ", paragraph).strip() for paragraph in re.split(r" *\n(?: *\n)+ *", lines))
+    return [paragraph for paragraph in paragraphs if paragraph]
+
+
+def commonmark_paragraphs(markdown: str) -> list[list[tuple[str, str]]]:
+    """Each paragraph of a Markdown text as CommonMark reads it: (token type, text) for each inline token."""
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    return [
+        [(child.type, child.content) for child in inline.children]
+        for opening, inline in zip(tokens, tokens[1:], strict=False)
+        if opening.type == "paragraph_open"
+    ]
 
 
 def render_with(template_dir: Path, destination: Path, answers: dict) -> None:
@@ -110,21 +131,43 @@ def assert_answers_read_back(project: Path, answers: dict) -> None:
     introduction = notebook["cells"][0]["source"].split("\n\n")
     assert markdown_unescape(introduction[1]) == answers["description"]
 
+    # The doc page, read by a CommonMark parser: the description is one plain paragraph, and the abstract follows
+    # its introduction as paragraphs that are each one emphasis, or is left to the porter as a TODO
+    doc_page = commonmark_paragraphs(next(project.glob("docs/model_doc/*.md")).read_text(encoding="utf-8"))
+    assert [("text", answers["description"])] in doc_page
+    introduction = doc_page.index([("text", "The abstract from the paper is the following:")])
+    expected = abstract_paragraphs(answers["paper_abstract"])
+    shown = doc_page[introduction + 1 : introduction + 1 + max(len(expected), 1)]
+    if expected:
+        assert shown == [[("em_open", ""), ("text", paragraph), ("em_close", "")] for paragraph in expected]
+    else:
+        assert shown == [
+            [
+                ("text", ""),
+                ("strong_open", ""),
+                ("text", "TODO: paste the paper's abstract here."),
+                ("strong_close", ""),
+                ("text", ""),
+            ]
+        ]
+
 
 @FUZZ_SETTINGS
 @given(
     description=one_line_text.filter(bool),
     paper_title=one_line_text,
+    paper_abstract=abstract_text,
     reviewer=one_line_text,
     paper_url=url_text,
     original_repo_url=url_text,
 )
 def test_arbitrary_free_text_parses_everywhere_and_reads_back_exactly(
-    template_dir, description, paper_title, reviewer, paper_url, original_repo_url
+    template_dir, description, paper_title, paper_abstract, reviewer, paper_url, original_repo_url
 ):
     answers = {
         "description": description,
         "paper_title": paper_title,
+        "paper_abstract": paper_abstract,
         "reviewer": reviewer,
         "paper_url": paper_url,
         "original_repo_url": original_repo_url,

@@ -30,6 +30,7 @@ FAKE_ROW = """    ChoiceScoring:
       labels: {labels: "random_labels(NUM_CHOICES, (BATCH_SIZE,))"}
       input_rank: 3
       pipeline_tag: multiple-choice
+      pipeline_tests: []
 """
 FAKE_HEAD = """{% import "template/_includes/blocks/heads.jinja" as head_blocks with context %}
 {% import "template/_includes/" ~ family ~ "/inputs.jinja" as inputs with context %}

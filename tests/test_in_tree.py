@@ -38,7 +38,13 @@ from helpers import (
     noxfile,
     ruff,
 )
-from transformers_checkout import TOCTREE, build_checkout, download_sdist
+from transformers_checkout import (
+    TOCTREE,
+    UPSTREAM_SNAPSHOT,
+    build_checkout,
+    download_sdist,
+    has_upstream_generation_tests,
+)
 
 REGISTER = REPO_ROOT / "hooks" / "register_in_tree.py"
 # family -> (model name, model type, tokenizer); every head of the family is generated
@@ -281,6 +287,27 @@ def test_generated_tests_pass_with_upstreams_common_testers(checkout):
         common_passed = re.findall(r"ModelTest::test_\w+ PASSED", result.stdout)
         assert len(common_passed) > 80, f"{model_type}: only {len(common_passed)} of upstream's common tests passed"
         assert "ModelTest::test_config PASSED" in result.stdout
+        # Upstream's pipeline tests are collected; they skip without the Hub's tiny models, as everywhere offline
+        assert "ModelTest::test_pipeline_feature_extraction SKIPPED" in result.stdout
+    if has_upstream_generation_tests(root):
+        for model_type in ("ported_decoder", "ported_seq2seq"):
+            passed = set(re.findall(r"ModelTest::(test_\w+) PASSED", results[model_type].stdout))
+            # greedy, sampling, beam search, continuing from a cache, the cache's format; static caches for decoders
+            # (upstream's test skips encoder-decoders, BART's included)
+            expected = {
+                "test_greedy_generate_dict_outputs_use_cache",
+                "test_sample_generate",
+                "test_beam_search_generate",
+                "test_generate_continue_from_past_key_values",
+                "test_past_key_values_format",
+            } | (
+                {"test_generate_with_static_cache", "test_left_padding_compatibility"}
+                if model_type == "ported_decoder"
+                else set()
+            )
+            assert expected <= passed, f"{model_type}: {sorted(expected - passed)} did not pass"
+            generation_passed = [name for name in passed if "generat" in name]
+            assert len(generation_passed) > 15, f"{model_type}: only {len(generation_passed)} generation tests passed"
 
 
 # Upstream's newer layout of the same sections: each section's title after its entries, sections side by side
@@ -303,7 +330,7 @@ TOCTREE_WITH_TITLES_LAST = """\
 
 
 # Upstream's repository checks (a snapshot beside this repository, ../shared/ in CI; see its README)
-UPSTREAM_UTILS = REPO_ROOT.parent / "shared" / "upstream-transformers" / "utils"
+UPSTREAM_UTILS = UPSTREAM_SNAPSHOT / "utils"
 UPSTREAM_PARSERS_SCRIPT = """
 import datetime, json, sys
 sys.path.insert(0, sys.argv[1])

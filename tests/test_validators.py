@@ -128,6 +128,11 @@ BAD_ANSWERS = {
     "description-two-lines": ({"description": "one\ntwo"}, "description must be one line of printable text"),
     "paper_title-control-character": ({"paper_title": "a\x1bb"}, "paper_title must be one line of printable text"),
     "paper_title-too-long": ({"paper_title": "t" * 301}, "paper_title must be at most 300 characters"),
+    "paper_abstract-control-character": (
+        {"paper_abstract": "First line.\nSecond\x0cline."},
+        "paper_abstract must be printable text: line breaks and tabs are fine",
+    ),
+    "paper_abstract-too-long": ({"paper_abstract": "word " * 1001}, "paper_abstract must be at most 5000 characters"),
     "reviewer-tab": ({"reviewer": "Ada\tLovelace"}, "reviewer must be one line of printable text"),
     "paper_url-not-http": ({"paper_url": "ftp://example.org/paper"}, "paper_url must be empty or an http(s) URL"),
     "paper_url-space": ({"paper_url": "https://example.org/a paper"}, "paper_url must be empty or an http(s) URL"),

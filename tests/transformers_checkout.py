@@ -3,20 +3,26 @@
 The sdist holds `src/`, `pyproject.toml` and `tests/*_common.py`, but not `tests/models/`, `utils/`, `docs/` or the
 helpers the common testers import (`tests/utils/`, `tests/generation/`, `tests/exporters/`). `build_checkout` adds
 what the in-tree layout needs: the `tests` packages, a `.gitignore` for Python's caches, a `_toctree.yml` laid out
-as upstream's, and stand-ins for those helpers, which every real checkout has and the generated tests import as they
-are, so that `ModelTesterMixin` and `ConfigTester` run. What therefore cannot run here: upstream's repository
-checks (`utils/check_repo.py`, `check_copies.py`, `check_auto.py`, `check_inits.py`, the doc builder), the
-generation tests of `GenerationTesterMixin`, the export tests of `ExportTesterMixin`, and the full
-`config_common_kwargs` list.
+as upstream's, and the helpers, which every real checkout has and the generated tests import as they are.
+
+The helpers come from upstream's snapshot beside this repository (`../shared/upstream-transformers/`, see its
+README) when it is there: then `GenerationTesterMixin` runs upstream's generation tests. Without it, and for what
+the snapshot cannot provide, stand-ins take their place: an empty `GenerationTesterMixin` and `ExportTesterMixin`,
+an empty tiny-model summary (the pipeline tests skip, as they do offline anywhere), and a subset of
+`config_common_kwargs`. What cannot run here either way: upstream's repository checks that need the whole repository
+(`utils/check_repo.py`, `check_copies.py`, `check_auto.py`, `check_inits.py`, the doc builder) and the export tests.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+UPSTREAM_SNAPSHOT = Path(__file__).resolve().parent.parent.parent / "shared" / "upstream-transformers"
 
 # The "Text models" section as upstream lays it out (docs/source/en/_toctree.yml), with a few of its models
 TOCTREE = """\
@@ -90,11 +96,13 @@ def build_checkout(sdist: Path, destination: Path) -> Path:
     return destination
 
 
-# Stand-ins for upstream's helper modules that the sdist lacks: empty mixins (their tests cannot run here) and the
-# common config arguments that ConfigTester passes to every config, a subset of upstream's list.
+# Stand-ins for upstream's helper modules that the sdist lacks: empty mixins (their tests cannot run here), no tiny
+# models for the pipeline tests, and the common config arguments that ConfigTester passes to every config, a subset
+# of upstream's list (the snapshot's module imports httpx, which Transformers 5.24 no longer installs).
 COMMON_TESTER_STAND_INS = {
     "tests/generation/test_utils.py": "class GenerationTesterMixin:\n    pass\n",
     "tests/exporters/test_export.py": "class ExportTesterMixin:\n    pass\n",
+    "tests/utils/tiny_model_summary.json": "{}\n",
     "tests/utils/test_configuration_utils.py": (
         "config_common_kwargs = {\n"
         '    "output_hidden_states": True,\n'
@@ -107,11 +115,24 @@ COMMON_TESTER_STAND_INS = {
         "}\n"
     ),
 }
+# What the snapshot provides in their place: the generation and export testers, as upstream has them
+FROM_UPSTREAM_SNAPSHOT = ["tests/generation", "tests/exporters"]
 
 
-def add_common_tester_stand_ins(checkout: Path) -> None:
+def add_common_tester_stand_ins(checkout: Path, snapshot: Path = UPSTREAM_SNAPSHOT) -> None:
     for name, text in COMMON_TESTER_STAND_INS.items():
         path = checkout / name
         path.parent.mkdir(exist_ok=True)
         (path.parent / "__init__.py").touch()
         path.write_text(text, encoding="utf-8")
+    if snapshot.is_dir():
+        for name in FROM_UPSTREAM_SNAPSHOT:
+            shutil.rmtree(checkout / name)
+            shutil.copytree(snapshot / name, checkout / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def has_upstream_generation_tests(checkout: Path) -> bool:
+    """Whether the checkout's GenerationTesterMixin is upstream's (from the snapshot), not the empty stand-in."""
+    return (checkout / "tests/generation/test_utils.py").read_text(encoding="utf-8") != COMMON_TESTER_STAND_INS[
+        "tests/generation/test_utils.py"
+    ]
