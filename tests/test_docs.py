@@ -178,4 +178,7 @@ def test_the_doc_page_asks_only_for_what_the_answers_did_not_give(render):
 
     doc_page = next(without_abstract.glob("docs/model_doc/*.md")).read_text()
     assert re.findall(r"\*\*TODO: (.*)\*\*", doc_page) == ["paste the paper's abstract here."]
-    assert ".md` (the paper's abstract),\n  complete its usage tips" in (without_abstract / "PORTING_GUIDE.md").read_text()
+    assert (
+        ".md` (the paper's abstract),\n  complete its usage tips"
+        in (without_abstract / "PORTING_GUIDE.md").read_text()
+    )
