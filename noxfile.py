@@ -259,10 +259,57 @@ def tests(session: nox.Session) -> None:
     session.run(str(bin_dir / "python"), "-m", "pytest", *arguments, env=env, external=True)
 
 
+NEWEST_TRACKED = ["transformers", "tokenizers", "huggingface-hub", "copier", "ruff"]
+
+
+def newest_on_the_index(pip_index_output: str, name: str) -> Version | None:
+    """The newest release in the output of `pip index versions NAME`, which opens with `NAME (VERSION)`."""
+    match = re.search(rf"^{re.escape(name)} \(([^)]+)\)", pip_index_output, re.MULTILINE | re.IGNORECASE)
+    return Version(match.group(1)) if match else None
+
+
+def why_not_installable(pip_output: str) -> str:
+    """pip's own reason, from the output of a failed `pip install --dry-run`: its ERROR lines, without the list of
+    every version it saw."""
+    errors = [line.removeprefix("ERROR: ") for line in pip_output.splitlines() if line.startswith("ERROR: ")]
+    return "; ".join(re.sub(r" \(from versions: [^)]*\)", "", error) for error in errors) or "pip gave no reason"
+
+
+def warn_about_newer_releases(session: nox.Session, installed: dict[str, str]) -> None:
+    """A release on the index newer than what the session installed is one that requirements-dev.txt's range leaves
+    out or that cannot be installed here (its own requirements cannot be met): the session then tests the older
+    one, and says so rather than passing quietly."""
+    lines = [line for line in REQUIREMENTS.read_text().splitlines() if not line.startswith("-c ")]
+    ranges = {pinned_name(line): Requirement(line.split("#")[0]) for line in lines if pinned_name(line)}
+    for name in NEWEST_TRACKED:
+        listing = session.run("python", "-m", "pip", "index", "versions", name, silent=True, success_codes=[0, 1])
+        newest = newest_on_the_index(listing or "", name)
+        if newest is None:
+            session.warn(f"could not read the releases of {name} on the package index")
+            continue
+        if newest <= Version(installed[name]):
+            continue
+        if name in ranges and not ranges[name].specifier.contains(newest):
+            reason = f"requirements-dev.txt asks for {ranges[name]}"
+        else:
+            attempt = session.run(
+                *["python", "-m", "pip", "install", "--dry-run", f"{name}=={newest}"],
+                silent=True,
+                success_codes=[0, 1],
+            )
+            reason = why_not_installable(attempt or "")
+        session.warn(
+            f"{name} {newest} is the index's newest release, but this session tests {installed[name]}: {reason}"
+        )
+
+
 @nox.session(default=False)
 def newest(session: nox.Session) -> None:
-    """The tracking tests with the newest Transformers, tokenizers, huggingface-hub, Copier and ruff the ranges admit."""
-    install_requirements(session, "transformers", "tokenizers", "huggingface-hub", "copier", "ruff", upgrade=True)
+    """The tracking tests with the newest Transformers, tokenizers, huggingface-hub, Copier and ruff the ranges admit;
+    a newer release that cannot be installed is reported, with pip's reason."""
+    install_requirements(session, *NEWEST_TRACKED, upgrade=True)
+    installed = session.run("python", "-c", VERSIONS_SCRIPT, silent=True)
+    warn_about_newer_releases(session, json.loads(installed.strip().splitlines()[-1]))
     session.run(
         "python", "-m", "pytest", *(session.posargs or [*TRACKING_TESTS, "-m", "drift or not drift", *ON_EVERY_CORE])
     )

@@ -65,3 +65,54 @@ def test_the_generated_pyproject_never_pins(declared):
         assert all(spec.operator in (">=", "<") for spec in requirement.specifier), str(requirement)
     dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text()).get("project", {}).get("dependencies")
     assert dependencies is None  # the template repository's own pyproject holds tool settings only
+
+
+class RecordingSession:
+    """The part of a nox session that `warn_about_newer_releases` uses: canned pip output, recorded warnings."""
+
+    def __init__(self, outputs: dict[tuple[str, ...], str]) -> None:
+        self.outputs, self.warnings, self.commands = outputs, [], []
+
+    def run(self, *command: str, silent: bool = False, success_codes: list[int] | None = None) -> str:
+        self.commands.append(command[3:])
+        return self.outputs[command[3:]]
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def index_listing(name: str, *versions: str) -> str:
+    return f"{name} ({versions[0]})\nAvailable versions: {', '.join(versions)}\n  INSTALLED: {versions[-1]}\n"
+
+
+def test_the_newest_session_says_which_newer_releases_it_could_not_install_and_why():
+    kernels_error = (
+        "ERROR: Could not find a version that satisfies the requirement kernels<0.20,>=0.19.1 (from transformers) "
+        "(from versions: 0.1.7, 0.17.2)\nERROR: No matching distribution found for kernels<0.20,>=0.19.1\n"
+    )
+    session = RecordingSession(
+        {
+            ("index", "versions", "transformers"): index_listing("transformers", "5.25.0", "5.24.0"),
+            ("install", "--dry-run", "transformers==5.25.0"): "Collecting transformers==5.25.0\n" + kernels_error,
+            ("index", "versions", "tokenizers"): index_listing("tokenizers", "0.23.3"),
+            ("index", "versions", "huggingface-hub"): "WARNING: the index could not be reached\n",
+            ("index", "versions", "copier"): index_listing("copier", "10.0.0", "9.19.1"),
+            ("index", "versions", "ruff"): index_listing("ruff", "0.17.6"),
+        }
+    )
+    installed = {"transformers": "5.24.0", "tokenizers": "0.23.3", "huggingface-hub": "2.4.0", "copier": "9.19.1"}
+
+    noxfile.warn_about_newer_releases(session, installed | {"ruff": "0.17.6"})
+
+    assert session.warnings == [
+        "transformers 5.25.0 is the index's newest release, but this session tests 5.24.0: Could not find a version "
+        "that satisfies the requirement kernels<0.20,>=0.19.1 (from transformers); No matching distribution found "
+        "for kernels<0.20,>=0.19.1",
+        "could not read the releases of huggingface-hub on the package index",
+        "copier 10.0.0 is the index's newest release, but this session tests 9.19.1: requirements-dev.txt asks for "
+        "copier<10,>=9.18",
+    ]
+    # Up-to-date packages cost one listing each; only the installable-looking newer release is tried
+    assert [command for command in session.commands if command[0] == "install"] == [
+        ("install", "--dry-run", "transformers==5.25.0")
+    ]
