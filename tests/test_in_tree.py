@@ -268,6 +268,69 @@ def test_the_checkout_builds_every_model_and_tokenizer_through_the_auto_classes_
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+# Builds each classification head of the package layout, saves it and what it predicts for a left-padded batch
+SAVE_PACKAGE_HEADS = """
+import sys, torch, {package} as package
+config = package.{model_name}Config(
+    vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, pad_token_id=0, num_labels=3,
+)
+input_ids = torch.randint(1, 99, (2, 7), generator=torch.Generator().manual_seed(0))
+input_ids[0, :2] = 0
+inputs = {{"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}}
+for head in sys.argv[2:]:
+    torch.manual_seed(0)
+    model = getattr(package, f"{model_name}For{{head}}")(config).eval()
+    model.save_pretrained(f"{{sys.argv[1]}}/{{head}}")
+    with torch.no_grad():
+        outputs = {{name: value for name, value in model(**inputs).items() if isinstance(value, torch.Tensor)}}
+    torch.save({{"inputs": inputs, "outputs": outputs}}, f"{{sys.argv[1]}}/{{head}}/expected.pt")
+"""
+# Loads those checkpoints into the checkout's classes and predicts again
+LOAD_IN_TREE_HEADS = """
+import sys, torch, transformers
+from transformers import modeling_layers
+for head in sys.argv[2:]:
+    model_class = getattr(transformers, f"{model_name}For{{head}}")
+    assert issubclass(model_class, getattr(modeling_layers, f"GenericFor{{head}}")), model_class.__mro__
+    model = model_class.from_pretrained(f"{{sys.argv[1]}}/{{head}}").eval()
+    expected = torch.load(f"{{sys.argv[1]}}/{{head}}/expected.pt")
+    with torch.no_grad():
+        outputs = model(**expected["inputs"])
+    assert expected["outputs"], head
+    for name, value in expected["outputs"].items():
+        torch.testing.assert_close(outputs[name], value, rtol=0, atol=0, msg=f"{{head}}: {{name}}")
+print("ok")
+"""
+
+
+def test_the_decoders_generic_heads_in_a_checkout_predict_what_the_packages_written_heads_do(
+    checkout, render, tmp_path
+):
+    """In a checkout the decoder's classification heads are one line on Transformers' GenericFor* classes, as
+    Llama's are; the package writes them out. The same checkpoint gives the same predictions in both."""
+    root, _ = checkout
+    model_name, model_type, _ = MODELS["decoder"]
+    generic_heads = ["SequenceClassification", "TokenClassification", "QuestionAnswering"]
+    modeling = (root / f"src/transformers/models/{model_type}/modeling_{model_type}.py").read_text(encoding="utf-8")
+    for head in generic_heads:
+        one_line = f"class {model_name}For{head}(GenericFor{head}, {model_name}PreTrainedModel): ...\n"
+        assert one_line in modeling
+    package_answers = {key: value for key, value in answers_for("decoder").items() if key != "layout"}
+    package = render(package_answers, name="package-heads")
+    package_modeling = (package / f"src/{model_type}/modeling_{model_type}.py").read_text(encoding="utf-8")
+    assert "GenericFor" not in package_modeling
+
+    env = {**os.environ, "PYTHONPATH": str(package / "src"), "HF_HUB_OFFLINE": "1"}
+    script = SAVE_PACKAGE_HEADS.format(package=model_type, model_name=model_name)
+    saved = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), *generic_heads], env=env, capture_output=True, text=True
+    )
+    assert saved.returncode == 0, saved.stderr
+    loaded = in_checkout(root, LOAD_IN_TREE_HEADS.format(model_name=model_name), str(tmp_path), *generic_heads)
+    assert loaded.returncode == 0 and loaded.stdout.strip().endswith("ok"), loaded.stderr
+
+
 def test_generated_tests_pass_with_upstreams_common_testers(checkout):
     root, _ = checkout
     env = {**os.environ, "PYTHONPATH": "src", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
