@@ -211,15 +211,18 @@ def record_compatibility(session: nox.Session, name: str) -> None:
     COMPATIBILITY.write_text("\n".join(lines) + "\n")
 
 
+def development_requirements() -> dict[str, Requirement]:
+    """requirements-dev.txt's requirements by canonical name, without its `-c` line."""
+    lines = [line for line in REQUIREMENTS.read_text().splitlines() if not line.startswith("-c ")]
+    return {pinned_name(line): Requirement(line.split("#")[0]) for line in lines if pinned_name(line)}
+
+
 def has_the_pinned_requirements() -> bool:
     """Whether the interpreter running nox has every requirement of requirements-dev.txt, at constraints.txt's pin
     where there is one: as after the README's set-up, `python -m pip install -r requirements-dev.txt`."""
     lines = CONSTRAINTS.read_text().splitlines()
     pins = {pinned_name(line): Requirement(line.split("#")[0]) for line in lines if pinned_name(line)}
-    for line in REQUIREMENTS.read_text().splitlines():
-        if line.startswith("-c ") or pinned_name(line) is None:
-            continue
-        requirement = Requirement(line.split("#")[0])
+    for requirement in development_requirements().values():
         try:
             installed = importlib.metadata.version(requirement.name)
         except importlib.metadata.PackageNotFoundError:
@@ -279,8 +282,7 @@ def warn_about_newer_releases(session: nox.Session, installed: dict[str, str]) -
     """A release on the index newer than what the session installed is one that requirements-dev.txt's range leaves
     out or that cannot be installed here (its own requirements cannot be met): the session then tests the older
     one, and says so rather than passing quietly."""
-    lines = [line for line in REQUIREMENTS.read_text().splitlines() if not line.startswith("-c ")]
-    ranges = {pinned_name(line): Requirement(line.split("#")[0]) for line in lines if pinned_name(line)}
+    ranges = development_requirements()
     for name in NEWEST_TRACKED:
         listing = session.run("python", "-m", "pip", "index", "versions", name, silent=True, success_codes=[0, 1])
         newest = newest_on_the_index(listing or "", name)
