@@ -1,11 +1,11 @@
 """Sessions of the template's own checks: lint, render, tests; newest and oldest track Transformers releases.
 
-Default (CI): lint, tests, min_copier, qefficient_pin at QEfficient's pin, all under constraints.txt's pins. A maintainer runs `nox -s
-newest` when upstream releases (newest Transformers, tokenizers, huggingface-hub, Copier and ruff the ranges admit)
-and `nox -s oldest` (the lowest Transformers generated projects declare); both record what they passed with in
-COMPATIBILITY.md. Then `nox -s refresh_snapshots` after a Transformers release, and before a release `nox -s fuzz`
-(the free-text fuzz test with 2,000 examples), `nox -s knob_matrix` (every knob combination's own suite) and
-`nox -s every_release` (updates from every release), which CI's 30 minutes leave out.
+Default (CI): lint, tests, upstream_checks, min_copier, qefficient_pin at QEfficient's pin, all under constraints.txt's
+pins. A maintainer runs `nox -s newest` when upstream releases (newest Transformers, tokenizers, huggingface-hub,
+Copier and ruff the ranges admit) and `nox -s oldest` (the lowest Transformers generated projects declare); both
+record what they passed with in COMPATIBILITY.md. Then `nox -s refresh_snapshots` after a Transformers release, and
+before a release `nox -s fuzz` (the free-text fuzz test with 2,000 examples), `nox -s knob_matrix` (every knob
+combination's own suite) and `nox -s every_release` (updates from every release), which CI's 30 minutes leave out.
 """
 
 from __future__ import annotations
@@ -118,7 +118,13 @@ print(json.dumps({"python": platform.python_version(), **{name: version(name) fo
 
 # `oldest` joins the default sessions whenever its Transformers is not the one `tests` runs with. Of the QEfficient
 # range, CI tests QEfficient's pin, the end users are held to; a maintainer runs both ends (`nox -s qefficient_pin`).
-nox.options.sessions = ["lint", "tests", "min_copier", f"qefficient_pin(transformers='{QEFFICIENT_TRANSFORMERS[0]}')"]
+nox.options.sessions = [
+    "lint",
+    "tests",
+    "upstream_checks",
+    "min_copier",
+    f"qefficient_pin(transformers='{QEFFICIENT_TRANSFORMERS[0]}')",
+]
 if pinned_version("transformers") != OLDEST_TRANSFORMERS:
     nox.options.sessions.append("oldest")
 
@@ -345,6 +351,26 @@ def render(session: nox.Session) -> None:
         command = [str(bin_dir / "copier"), "copy", "--trust", "--defaults", "--quiet", "--vcs-ref=HEAD"]
         command.append(f"--data-file={answers}")
         session.run(*command, str(ROOT), str(destination), env=env, external=True)
+
+
+# Upstream's utils/, docs/ and test helpers, beside this repository (CI has them): see their README
+UPSTREAM_SNAPSHOT = ROOT.parent / "shared" / "upstream-transformers"
+
+
+@nox.session(venv_backend="none")
+def upstream_checks(session: nox.Session) -> None:
+    """Upstream's repository checks (`make check-repo`'s, mlinter, upstream's ruff) on one model of each family with
+    every head, copied into a Transformers checkout: one built from the sdist and upstream's snapshot (CI's), or the
+    clone at PATH (`nox -s upstream_checks -- PATH`, the generated tests too). Fails on what names a generated model
+    (tests/upstream_checks.py says how the checks are read)."""
+    clone_given = any(not argument.startswith("-") for argument in session.posargs)
+    if not clone_given and not (UPSTREAM_SNAPSHOT / "utils").is_dir():
+        session.skip(
+            f"no Transformers clone given (nox -s upstream_checks -- PATH) and no snapshot at {UPSTREAM_SNAPSHOT}"
+        )
+    bin_dir, env = shared_environment(session)
+    script = str(ROOT / "tests" / "upstream_checks.py")
+    session.run(str(bin_dir / "python"), script, *session.posargs, env=env, external=True)
 
 
 @nox.session

@@ -39,20 +39,17 @@ from helpers import (
     ruff,
 )
 from transformers_checkout import (
+    MODELS,
     TOCTREE,
     UPSTREAM_SNAPSHOT,
+    answers_for,
     build_checkout,
+    copy_into,
     download_sdist,
     has_upstream_generation_tests,
 )
 
 REGISTER = REPO_ROOT / "hooks" / "register_in_tree.py"
-# family -> (model name, model type, tokenizer); every head of the family is generated
-MODELS = {
-    "decoder": ("PortedDecoder", "ported_decoder", "bpe"),
-    "encoder": ("PortedEncoder", "ported_encoder", "wordpiece"),
-    "encoder-decoder": ("PortedSeq2Seq", "ported_seq2seq", "reuse"),
-}
 REGISTRATION_FILES = [
     "src/transformers/models/auto/auto_mappings.py",
     "src/transformers/models/auto/modeling_auto.py",
@@ -60,24 +57,6 @@ REGISTRATION_FILES = [
     "src/transformers/models/__init__.py",
     "docs/source/en/_toctree.yml",
 ]
-
-
-def answers_for(family: str, **overrides) -> dict:
-    model_name, model_type, tokenizer = MODELS[family]
-    answers = {"layout": "transformers", "family": family, "model_name": model_name, "model_type": model_type}
-    return answers | {"heads": FAMILY_HEADS[family], "tokenizer": tokenizer} | overrides
-
-
-def copy_into(
-    template: Path, checkout: Path, answers: dict, vcs_ref: str | None = None
-) -> subprocess.CompletedProcess:
-    """`copier copy` as a user runs it, hooks included, with the output kept for the assertions."""
-    command = [sys.executable, "-m", "copier", "copy", "--trust", "--defaults", "--quiet"]
-    command += [
-        f"--data={name}={value if isinstance(value, str) else json.dumps(value)}" for name, value in answers.items()
-    ]
-    command += [f"--vcs-ref={vcs_ref}"] if vcs_ref else []
-    return subprocess.run([*command, str(template), str(checkout)], capture_output=True, text=True)
 
 
 def in_checkout(checkout: Path, script: str, *args: str) -> subprocess.CompletedProcess:

@@ -9,12 +9,13 @@ The helpers come from upstream's snapshot beside this repository (`../shared/ups
 README) when it is there: then `GenerationTesterMixin` runs upstream's generation tests. Without it, and for what
 the snapshot cannot provide, stand-ins take their place: an empty `GenerationTesterMixin` and `ExportTesterMixin`,
 an empty tiny-model summary (the pipeline tests skip, as they do offline anywhere), and a subset of
-`config_common_kwargs`. What cannot run here either way: upstream's repository checks that need the whole repository
-(`utils/check_repo.py`, `check_copies.py`, `check_auto.py`, `check_inits.py`, the doc builder) and the export tests.
+`config_common_kwargs`. Upstream's repository checks need its `utils/` and `docs/` as well: tests/upstream_checks.py
+adds the snapshot's to this checkout (`nox -s upstream_checks`). The export tests cannot run here either way.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +23,36 @@ import sys
 import tarfile
 from pathlib import Path
 
+from helpers import FAMILY_HEADS, git
+
 UPSTREAM_SNAPSHOT = Path(__file__).resolve().parent.parent.parent / "shared" / "upstream-transformers"
+
+# The models the in-tree tests and the upstream checks copy into a checkout: family -> (model name, model type,
+# tokenizer); every head of the family is generated
+MODELS = {
+    "decoder": ("PortedDecoder", "ported_decoder", "bpe"),
+    "encoder": ("PortedEncoder", "ported_encoder", "wordpiece"),
+    "encoder-decoder": ("PortedSeq2Seq", "ported_seq2seq", "reuse"),
+}
+
+
+def answers_for(family: str, **overrides) -> dict:
+    model_name, model_type, tokenizer = MODELS[family]
+    answers = {"layout": "transformers", "family": family, "model_name": model_name, "model_type": model_type}
+    return answers | {"heads": FAMILY_HEADS[family], "tokenizer": tokenizer} | overrides
+
+
+def copy_into(
+    template: Path, checkout: Path, answers: dict, vcs_ref: str | None = None
+) -> subprocess.CompletedProcess:
+    """`copier copy` as a user runs it, hooks included, with the output kept for the assertions."""
+    command = [sys.executable, "-m", "copier", "copy", "--trust", "--defaults", "--quiet"]
+    command += [
+        f"--data={name}={value if isinstance(value, str) else json.dumps(value)}" for name, value in answers.items()
+    ]
+    command += [f"--vcs-ref={vcs_ref}"] if vcs_ref else []
+    return subprocess.run([*command, str(template), str(checkout)], capture_output=True, text=True)
+
 
 # The "Text models" section as upstream lays it out (docs/source/en/_toctree.yml), with a few of its models
 TOCTREE = """\
@@ -90,9 +120,8 @@ def build_checkout(sdist: Path, destination: Path) -> Path:
     add_common_tester_stand_ins(destination)
     # The part of upstream's .gitignore that running Python in the checkout needs (the sdist has none)
     (destination / ".gitignore").write_text("__pycache__/\n*.py[cod]\n.pytest_cache/\n", encoding="utf-8")
-    identity = ["-c", "user.name=Porter", "-c", "user.email=porter@example.com", "-c", "commit.gpgsign=false"]
     for command in (["init", "--quiet"], ["add", "--all"], ["commit", "--quiet", "-m", "transformers sdist"]):
-        subprocess.run(["git", *identity, *command], cwd=destination, check=True, capture_output=True)
+        git(destination, *command)
     return destination
 
 
