@@ -275,8 +275,10 @@ def report(results: dict[str, Result], baselines: dict[str, Result], checks: lis
         else:
             # Upstream's own failure on this checkout; what else changed is shown, as it may still be of interest
             unnamed = lines_only_with(result, baselines[name])
-            print(f"ok    {name} (fails without the models too; {len(unnamed)} new lines, none names a model)")
-            print("\n".join(f"        {line}" for line in unnamed[:5]))
+            changed = f"{len(unnamed)} new lines, none names a model" if unnamed else "the same way"
+            print(f"ok    {name} (fails without the models too, {changed})")
+            for line in unnamed[:5]:
+                print(f"        {line}")
     return failures
 
 
