@@ -268,10 +268,13 @@ def ruff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ruff", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def mlinter(*paths: Path) -> subprocess.CompletedProcess:
+def mlinter_command(*paths: Path) -> list[str]:
     """transformers-mlinter, upstream's structural rules for model files, over the model files under `paths`."""
-    command = [sys.executable, "-m", "mlinter", "--no-progress", "--no-cache", *map(str, paths)]
-    return subprocess.run(command, capture_output=True, text=True)
+    return [sys.executable, "-m", "mlinter", "--no-progress", "--no-cache", *map(str, paths)]
+
+
+def mlinter(*paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(mlinter_command(*paths), capture_output=True, text=True)
 
 
 def assert_mlinter_clean(*projects: Path) -> None:

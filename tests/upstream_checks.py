@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers import git
+from helpers import git, mlinter_command
 from transformers_checkout import MODELS, UPSTREAM_SNAPSHOT, answers_for, build_checkout, copy_into, download_sdist
 
 TEMPLATE = Path(__file__).resolve().parent.parent
@@ -191,7 +191,7 @@ def upstream_ruff(checkout: Path) -> Path:
     return executable
 
 
-def model_paths(checkout: Path) -> list[Path]:
+def model_paths() -> list[Path]:
     """The folders of the generated models' code and tests, relative to the checkout."""
     model_types = [model_type for _, model_type, _ in MODELS.values()]
     return [
@@ -212,9 +212,8 @@ def checks_for(checkout: Path, model_tests: bool) -> tuple[list[Check], list[str
             continue
         arguments = configs[name]["check_args"]
         checks.append(Check(name, [sys.executable, f"utils/{configs[name]['script']}", *arguments]))
-    paths = [str(path) for path in model_paths(checkout)]
-    mlinter = [sys.executable, "-m", "mlinter", "--no-progress", "--no-cache", *paths]
-    checks.append(Check("mlinter (its bundled rules)", mlinter, differential=False))
+    paths = [str(path) for path in model_paths()]
+    checks.append(Check("mlinter (its bundled rules)", mlinter_command(*paths), differential=False))
     ruff = str(upstream_ruff(checkout))
     checks.append(Check("upstream's ruff check", [ruff, "check", *paths], differential=False))
     checks.append(Check("upstream's ruff format", [ruff, "format", "--check", *paths], differential=False))
