@@ -7,6 +7,8 @@ import json
 
 from upstream_checks import Result, checker_configs, name_pattern, new_findings, split_check_repo
 
+from transformers_checkout import read_removed_attributes_with_their_old_value
+
 NAMES = name_pattern({"decoder": ("PortedDecoder", "ported_decoder", "bpe")})
 UPSTREAM_FAILURE = "ValueError: The following configurations don't contain any valid checkpoint:\nMimiDecoderConfig"
 
@@ -74,3 +76,22 @@ def test_the_checkers_are_read_from_the_scripts_as_upstreams_runner_reads_them(t
     configs = checker_configs(tmp_path)
     assert configs["add_dates"] == {"name": "add_dates", "check_args": ["--check-only"], "script": "add_dates.py"}
     assert set(configs) == {"add_dates", "dummies"}
+
+
+def test_the_snapshots_testers_read_an_attribute_the_sdist_removed_with_its_old_value(tmp_path):
+    (tmp_path / "src" / "transformers").mkdir(parents=True)
+    testers = tmp_path / "tests" / "generation"
+    testers.mkdir(parents=True)
+    tester = testers / "test_utils.py"
+    tester.write_text("if model_class._is_stateful:\n    skip()\nmodel_class._is_stateful_too = 1\n")
+    modeling_utils = tmp_path / "src" / "transformers" / "modeling_utils.py"
+
+    modeling_utils.write_text("class PreTrainedModel:\n    _is_stateful: bool = False\n")
+    read_removed_attributes_with_their_old_value(tmp_path, testers)
+    assert tester.read_text().startswith("if model_class._is_stateful:\n")
+
+    modeling_utils.write_text("class PreTrainedModel:\n    pass\n")
+    read_removed_attributes_with_their_old_value(tmp_path, testers)
+    assert tester.read_text() == (
+        'if getattr(model_class, "_is_stateful", False):\n    skip()\nmodel_class._is_stateful_too = 1\n'
+    )
