@@ -3,6 +3,7 @@ logits of the single-process model."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -57,36 +58,39 @@ TINY_TP_CONFIG = {
     "max_position_embeddings": 64,
 }
 
+# One torchrun for every case: each process imports and loads every case's model in turn
 WORKER = """
-import os, sys
+import importlib, json, os, sys, traceback
 import torch
 from torch.distributed.tensor import DTensor
 from transformers import DistributedConfig
-import {package}
 
-checkpoint, output = sys.argv[1], sys.argv[2]
-model = {package}.{model_class}.from_pretrained(
-    checkpoint, distributed_config=DistributedConfig(tp_plan="auto")
-).eval()
-query = model.get_submodule("model.layers.0.self_attn.q_proj").weight
-inputs = torch.load(os.path.join(checkpoint, "inputs.pt"))
-with torch.no_grad():
-    logits = model(**inputs).logits
-if int(os.environ["RANK"]) == 0:
-    torch.save(
-        {{"logits": logits, "sharded": isinstance(query, DTensor), "local_rows": query.to_local().shape[0]}},
-        output,
-    )
+for case in json.loads(open(sys.argv[1]).read()):
+    try:
+        package = importlib.import_module(case["package"])
+        model = getattr(package, case["model_class"]).from_pretrained(
+            case["checkpoint"], distributed_config=DistributedConfig(tp_plan="auto")
+        ).eval()
+        query = model.get_submodule("model.layers.0.self_attn.q_proj").weight
+        inputs = torch.load(os.path.join(case["checkpoint"], "inputs.pt"))
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        result = {"logits": logits, "sharded": isinstance(query, DTensor), "local_rows": query.to_local().shape[0]}
+    except Exception:
+        result = {"error": traceback.format_exc()}
+    if int(os.environ["RANK"]) == 0:
+        torch.save(result, case["output"])
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 # Both ranks leave together, then skip the C++ destructors: gloo's threads, torn down at interpreter exit (or by
 # destroy_process_group) on a loaded machine, can abort a rank with "terminate called without an active exception"
-torch.distributed.barrier()
 sys.stdout.flush()
 sys.stderr.flush()
 os._exit(0)
 """
 
 
-def run_process_group(command: list[str], env: dict, timeout: int = 180) -> subprocess.CompletedProcess:
+def run_process_group(command: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run torchrun in its own process group, so that a hang kills its workers too."""
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -100,8 +104,8 @@ def run_process_group(command: list[str], env: dict, timeout: int = 180) -> subp
     return subprocess.CompletedProcess(command, process.returncode, output, "")
 
 
-@pytest.mark.parametrize("case", list(TP_CASES))
-def test_tensor_parallel_logits_equal_the_single_process_logits(render, tmp_path, case):
+def saved_case(render, folder: Path, case: str) -> dict:
+    """A case's rendered model with random weights, saved with its padded inputs, and its single-process logits."""
     answers, head = TP_CASES[case]
     project = render({**answers, "heads": [head], "tokenizer": "none"}, name=f"tp-{case}")
     package_name = next(path.name for path in (project / "src").iterdir())
@@ -121,23 +125,46 @@ def test_tensor_parallel_logits_equal_the_single_process_logits(render, tmp_path
     inputs["attention_mask"][1, -3:] = 0  # a padded row, so that masking is sharded too
     with torch.no_grad():
         expected = model(**inputs).logits
-    checkpoint = tmp_path / "checkpoint"
+    checkpoint = folder / "checkpoint"
     model.save_pretrained(checkpoint)
     torch.save(inputs, checkpoint / "inputs.pt")
-    worker = tmp_path / "worker.py"
-    worker.write_text(WORKER.format(package=package_name, model_class=model_class))
+    return {
+        "package": package_name,
+        "model_class": model_class,
+        "checkpoint": str(checkpoint),
+        "output": str(folder / "tp.pt"),
+        "src": str(project / "src"),
+        "expected": expected,
+    }
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker)]
-    result = run_process_group(
-        [*command, str(checkpoint), str(tmp_path / "tp.pt")],
-        env={**os.environ, "PYTHONPATH": str(project / "src"), "OMP_NUM_THREADS": "1"},
+
+@pytest.fixture(scope="module")
+def tensor_parallel_runs(render, tmp_path_factory) -> tuple[dict[str, dict], subprocess.CompletedProcess]:
+    """Every case saved, then loaded with tp_plan="auto" by one torchrun of two processes."""
+    cases = {case: saved_case(render, tmp_path_factory.mktemp(f"tp-{case}"), case) for case in TP_CASES}
+    folder = tmp_path_factory.mktemp("tp-worker")
+    (folder / "cases.json").write_text(
+        json.dumps([{key: value for key, value in case.items() if key != "expected"} for case in cases.values()])
     )
+    (folder / "worker.py").write_text(WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    python_path = os.pathsep.join(case["src"] for case in cases.values())
+    result = run_process_group(
+        [*command, str(folder / "worker.py"), str(folder / "cases.json")],
+        env={**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"},
+    )
+    return cases, result
 
-    assert result.returncode == 0, result.stdout
-    parallel = torch.load(tmp_path / "tp.pt")
+
+@pytest.mark.parametrize("case", list(TP_CASES))
+def test_tensor_parallel_logits_equal_the_single_process_logits(tensor_parallel_runs, case):
+    cases, torchrun = tensor_parallel_runs
+    assert torchrun.returncode == 0, torchrun.stdout
+    parallel = torch.load(cases[case]["output"])
+    assert "error" not in parallel, parallel.get("error")
     assert parallel["sharded"], "the query projection was not sharded: the tensor-parallel plan did not apply"
     assert parallel["local_rows"] * 2 == TINY_TP_CONFIG["hidden_size"]
-    torch.testing.assert_close(parallel["logits"], expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(parallel["logits"], cases[case]["expected"], rtol=0, atol=1e-5)
 
 
 def test_every_family_with_a_plan_is_tested():
