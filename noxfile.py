@@ -37,7 +37,7 @@ LINT_TOOLS = ["ruff>=0.15", "black>=25", "isort>=6"]
 MIN_COPIER = "9.18.0"
 # The lowest Transformers of the range generated projects declare (copier.yml's transformers_oldest); the
 # `oldest` session tests it, and the newest release is constraints.txt's pin (`tests`) or PyPI's (`newest`).
-OLDEST_TRANSFORMERS = "5.24.0"
+OLDEST_TRANSFORMERS = "5.25.0"
 # A decoder with QEfficient files keeps the Transformers range QEfficient pins (copier.yml's
 # transformers_requirement): its lowest release, QEfficient's pin, and its newest.
 QEFFICIENT_TRANSFORMERS = ["5.5.4", "5.23.0"]

@@ -252,6 +252,37 @@ def assert_same_logits_and_hidden_states(actual, expected, attention_mask, atol:
         torch.testing.assert_close(actual_states[real_tokens], expected_states[real_tokens], rtol=0, atol=atol)
 
 
+def packed_sequences(lengths: list[int], vocab_size: int, first_position: int = 0) -> dict:
+    """Sequences of `lengths` packed into one row without an attention mask, their position ids restarting at
+    `first_position` for each (a training collator's format), and each sequence alone with its own positions."""
+    import torch
+
+    input_ids = torch.randint(3, vocab_size, (1, sum(lengths)), generator=torch.Generator().manual_seed(2))
+    positions = [torch.arange(first_position, first_position + length) for length in lengths]
+    alone = [
+        {"input_ids": part, "position_ids": position.unsqueeze(0)}
+        for part, position in zip(input_ids.split(lengths, dim=1), positions, strict=True)
+    ]
+    return {"packed": {"input_ids": input_ids, "position_ids": torch.cat(positions).unsqueeze(0)}, "alone": alone}
+
+
+def assert_packed_sequences_match_the_original(rendered, original, lengths: list[int], vocab_size: int, **kwargs):
+    """An encoder oracle's packed-sequence check: the packed row's logits are the original's within 1e-5, and from
+    Transformers 5.25 on, where BERT's and RoBERTa's masks read restarting position ids, each sequence's are its
+    logits alone."""
+    import torch
+    import transformers
+    from packaging.version import Version
+
+    batch = packed_sequences(lengths, vocab_size, **kwargs)
+    with torch.no_grad():
+        packed = rendered(**batch["packed"]).logits
+        torch.testing.assert_close(packed, original(**batch["packed"]).logits, rtol=0, atol=1e-5)
+        if Version(transformers.__version__) >= Version("5.25"):
+            alone = torch.cat([rendered(**sequence).logits for sequence in batch["alone"]], dim=1)
+            torch.testing.assert_close(packed, alone, rtol=0, atol=1e-5)
+
+
 def converted_with_generated_script(render, tmp_path_factory, name: str, answer_set: str, original, head: str):
     """The rendered model of an answer set, loaded (eager attention) from `original`'s saved checkpoint after the
     answer set's generated conversion script, unedited, converted it: the oracles' second model."""

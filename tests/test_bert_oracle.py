@@ -8,7 +8,12 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-from helpers import assert_same_logits_and_hidden_states, import_rendered_package, load_answer_set
+from helpers import (
+    assert_packed_sequences_match_the_original,
+    assert_same_logits_and_hidden_states,
+    import_rendered_package,
+    load_answer_set,
+)
 
 ORACLE_CONFIG = {
     "vocab_size": 120,
@@ -113,3 +118,13 @@ def test_base_model_and_pooler_match_bert_model_within_1e_5(package):
     )
     torch.testing.assert_close(actual_base.pooler_output, expected_base.pooler_output, rtol=0, atol=1e-5)
     torch.testing.assert_close(actual_logits, expected_logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_packed_sequences_attend_within_themselves_as_in_bert(package, attn_implementation):
+    torch.manual_seed(0)
+    bert = BertForMaskedLM(BertConfig(**ORACLE_CONFIG)).eval()
+    rendered = load_rendered(package, "OracleBertForMaskedLM", bert)
+    for model in (bert, rendered):
+        model.set_attn_implementation(attn_implementation)
+    assert_packed_sequences_match_the_original(rendered, bert, [5, 8], ORACLE_CONFIG["vocab_size"])

@@ -13,6 +13,7 @@ import torch
 from transformers import ModernBertConfig, ModernBertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
 from helpers import (
+    assert_packed_sequences_match_the_original,
     assert_same_logits_and_hidden_states,
     convert_cli,
     converted_with_generated_script,
@@ -111,6 +112,19 @@ def test_logits_and_hidden_states_match_the_original_within_1e_5(model_pair, att
         actual = rendered(**inputs, output_hidden_states=True)
 
     assert_same_logits_and_hidden_states(actual, expected, inputs["attention_mask"])
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_packed_sequences_attend_within_themselves_as_in_roberta(model_pair, attn_implementation):
+    original, rendered = model_pair
+    if not isinstance(original, RobertaForMaskedLM):
+        pytest.skip("ModernBERT's masks do not read position ids")
+    for model in model_pair:
+        model.set_attn_implementation(attn_implementation)
+    # RoBERTa's positions start after pad_token_id
+    assert_packed_sequences_match_the_original(
+        rendered, original, [6, 11], VOCAB_SIZE, first_position=PAD_TOKEN_ID + 1
+    )
 
 
 # ModernBERT's configs on the Hub, saved before Transformers 5, give its layer pattern and rotary thetas as numbers

@@ -23,8 +23,8 @@ ANSWER_SETS = ["default", "black_isort", "qefficient_decoder"]
 # copier.yml's transformers_oldest and transformers_requirement for each answer set, and the lowest Python that
 # transformers_oldest runs on (Transformers 5.21 raised its requires-python to 3.11).
 TRANSFORMERS_LEGS = {
-    "default": ("5.24.0", ">=5.24,<6", "3.11"),
-    "black_isort": ("5.24.0", ">=5.24,<6", "3.11"),
+    "default": ("5.25.0", ">=5.25,<6", "3.11"),
+    "black_isort": ("5.25.0", ">=5.25,<6", "3.11"),
     "qefficient_decoder": ("5.5.4", ">=5.5.4,<5.24", "3.10"),
 }
 # The newest CPython torch 2.13 (constraints.txt) publishes wheels for: cp310 to cp314.
